@@ -1,0 +1,99 @@
+"""The Flax NNX face: ``StackedRNN`` and the IMDB model ``SentimentClassifier``.
+
+Both hold their weights as ``nnx.Param`` in the same Keras layout as the functional
+API and call ``stack.stacked_rnn`` on them, so the module and the pure function
+compute the same numbers by construction. ``StackedRNN.params()`` hands the weights
+out as the plain pytree the functional API takes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from stackrnn_jax.stack import init_params, stacked_rnn
+
+
+def _to_nnx(tree):
+    """Nested dict of arrays -> nested ``nnx.Dict`` of ``nnx.Param``."""
+    if isinstance(tree, dict):
+        return nnx.Dict({k: _to_nnx(v) for k, v in tree.items()})
+    return nnx.Param(tree)
+
+
+def _from_nnx(tree):
+    if isinstance(tree, nnx.Dict):
+        return {k: _from_nnx(v) for k, v in tree.items()}
+    return tree[...]
+
+
+class StackedRNN(nnx.Module):
+    """Stacked SimpleRNN / LSTM / GRU layers, optionally bidirectional.
+
+    Call it on ``x (batch, time, input_size)`` (optionally with ``lengths (batch,)``);
+    it returns ``(batch, time, out)`` with ``return_sequences`` else ``(batch, out)``.
+    Dropout between layers is active unless the module is in eval mode
+    (``model.eval()`` / ``deterministic=True``).
+    """
+
+    def __init__(self, input_size: int, units: int | Sequence[int], *, cell: str = "simple",
+                 bidirectional: bool = False, merge: str = "concat", activation: str = "tanh",
+                 reset_after: bool = True, unit_forget_bias: bool = True, dropout: float = 0.0,
+                 strategy: str = "scan", unroll: int = 1, compute_dtype=None,
+                 param_dtype=jnp.float32, deterministic: bool = False, rngs: nnx.Rngs):
+        layers = init_params(rngs.params(), input_size, units, cell=cell,
+                             bidirectional=bidirectional, merge=merge, reset_after=reset_after,
+                             unit_forget_bias=unit_forget_bias, dtype=param_dtype)
+        self.layers = nnx.List([_to_nnx(layer) for layer in layers])
+        self.cell, self.merge, self.activation = cell, merge, activation
+        self.bidirectional = bidirectional
+        self.dropout, self.strategy, self.unroll = dropout, strategy, unroll
+        self.compute_dtype = compute_dtype
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork() if dropout > 0 else nnx.data(None)
+        out = (units if isinstance(units, int) else units[-1])
+        self.out_features = out * (2 if bidirectional and merge == "concat" else 1)
+
+    def params(self) -> list:
+        """The weights as the plain pytree that ``stacked_rnn`` takes."""
+        return [_from_nnx(layer) for layer in self.layers]
+
+    def __call__(self, x, lengths=None, *, padding: str = "post", initial_state=None,
+                 return_sequences: bool = False, return_state: bool = False,
+                 deterministic: bool | None = None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        rng = None if deterministic or self.dropout == 0 else self.rngs()
+        return stacked_rnn(self.params(), x, cell=self.cell, lengths=lengths, padding=padding,
+                           initial_state=initial_state, return_sequences=return_sequences,
+                           return_state=return_state, strategy=self.strategy,
+                           unroll=self.unroll, dropout=self.dropout, dropout_rng=rng,
+                           merge=self.merge, activation=self.activation,
+                           compute_dtype=self.compute_dtype)
+
+
+class SentimentClassifier(nnx.Module):
+    """Embedding -> StackedRNN -> Dense(1): a review's logit (sigmoid gives P(positive)).
+
+    Call on token ids ``(batch, time)`` int32 and their real ``lengths (batch,)``;
+    returns logits ``(batch,)``.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int = 32, units: int | Sequence[int] = (64, 64),
+                 *, cell: str = "simple", bidirectional: bool = False, dropout: float = 0.0,
+                 embed_dropout: float = 0.0, strategy: str = "scan", unroll: int = 1,
+                 compute_dtype=None, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
+        self.embed_dropout = nnx.Dropout(embed_dropout, rngs=rngs)
+        self.rnn = StackedRNN(embed_dim, units, cell=cell, bidirectional=bidirectional,
+                              dropout=dropout, strategy=strategy, unroll=unroll,
+                              compute_dtype=compute_dtype, rngs=rngs)
+        self.head_dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.head = nnx.Linear(self.rnn.out_features, 1, rngs=rngs)
+
+    def __call__(self, ids, lengths=None, *, padding: str = "pre"):
+        x = self.embed_dropout(self.embed(ids))
+        h = self.rnn(x, lengths, padding=padding)
+        return self.head(self.head_dropout(h.astype(jnp.float32)))[..., 0]

@@ -1,0 +1,55 @@
+"""Pieces shared by the execution strategies: the masked step and layer-by-layer stacking.
+
+Strategy contract (every entry of ``STRATEGIES`` follows it)::
+
+    run_stack(cell, layers, xs, mask, carries, between, *, unroll) -> (ys, finals)
+
+    cell      a ``cells.Cell``
+    layers    list of L parameter dicts, one direction
+    xs        (time, batch, features)   time-major input of the first layer
+    mask      (time, batch) bool, True where a step is real, or None (all real)
+    carries   list of L initial carries, each a tuple of (batch, units_l)
+    between   list of L-1 multipliers applied to the input of layers 1..L-1
+              (dropout, already scaled), each (time, batch, units) or None
+    ys        (time, batch, units_top)  top-layer outputs, zero at masked steps
+    finals    list of L final carries (the state after each sequence's last real step)
+
+Masking holds the carry through a masked step and emits zeros there, so right- and
+left-padded sequences both end in the state of the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def masked_step(cell, params, carry, xw_t, m_t):
+    """One step; ``m_t (batch, 1)`` bool or None. Returns ``(carry, h_out)``."""
+    new = cell.step(params, carry, xw_t)
+    if m_t is None:
+        return new, new[0]
+    new = tuple(jnp.where(m_t, n, o) for n, o in zip(new, carry))
+    return new, jnp.where(m_t, new[0], jnp.zeros_like(new[0]))
+
+
+def layer_by_layer(run_layer):
+    """Make a whole-stack strategy from a one-layer runner.
+
+    ``run_layer(cell, params, xw, mask, carry, *, unroll) -> (ys, carry)`` gets the
+    hoisted input projection ``xw (time, batch, gates*units)`` of its layer.
+    """
+
+    def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
+        mask = None if mask is None else mask[..., None]
+        finals = []
+        for index, params in enumerate(layers):
+            if index > 0 and between[index - 1] is not None:
+                xs = xs * between[index - 1]
+            # The input term for every timestep in one matmul, outside the time loop.
+            xw = cell.project(params, xs)
+            xs, carry = run_layer(cell, params, xw, mask, carries[index], unroll=unroll)
+            finals.append(carry)
+        return xs, finals
+
+    run_stack.__doc__ = run_layer.__doc__
+    return run_stack
