@@ -220,16 +220,18 @@ def _length_mask(lengths, batch: int, time: int, padding: str):
     """``(batch, time)`` bool, True at real steps; None when every step is real."""
     if lengths is None:
         return None
-    lengths = jnp.asarray(lengths)
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths: expected shape ({batch},), one per sequence, got {lengths.shape}")
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(f"lengths: expected integers, got dtype {lengths.dtype}")
-    if not isinstance(lengths, jax.core.Tracer):
-        low, high = int(lengths.min()), int(lengths.max())
+    if jnp.shape(lengths) != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},), one per sequence, "
+                         f"got {jnp.shape(lengths)}")
+    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+        raise ValueError(f"lengths: expected integers, got dtype {jnp.result_type(lengths)}")
+    if not isinstance(lengths, jax.core.Tracer):  # values are only known outside tracing
+        values = np.asarray(lengths)
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high > time:
             raise ValueError(f"lengths: expected values in [0, {time}] (the time axis), "
                              f"got min {low}, max {high}")
+    lengths = jnp.asarray(lengths)
     steps = jnp.arange(time)[None, :]
     if padding == "post":
         return steps < lengths[:, None]

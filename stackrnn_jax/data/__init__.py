@@ -1,0 +1,19 @@
+"""IMDB data: raw reviews (tfds), word vocabulary, encoded cached splits, and batches."""
+
+from stackrnn_jax.data.batches import batches, num_batches
+from stackrnn_jax.data.imdb import DataError, load_imdb_texts
+from stackrnn_jax.data.pipeline import EncodedIMDB, EncodedSplit, load_encoded, split_validation
+from stackrnn_jax.data.tokenizer import Vocabulary, tokenize
+
+__all__ = [
+    "DataError",
+    "EncodedIMDB",
+    "EncodedSplit",
+    "Vocabulary",
+    "batches",
+    "load_encoded",
+    "load_imdb_texts",
+    "num_batches",
+    "split_validation",
+    "tokenize",
+]

@@ -1,0 +1,147 @@
+"""Encoded IMDB splits, cached on disk: raw texts -> vocabulary -> padded id arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stackrnn_jax.data.imdb import SPLITS, Source, load_texts, resolve_source
+from stackrnn_jax.data.tokenizer import TOKENIZER_VERSION, Vocabulary, check_padding_side, tokenize
+
+DEFAULT_CACHE_DIR = Path("~/.cache/stackrnn_jax/encoded")
+_CACHE_FORMAT = 1  # bump when the .npz layout changes
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
+class EncodedSplit:
+    """One split as int32 arrays.
+
+    ``ids`` ``(num_reviews, maxlen)``, ``lengths`` ``(num_reviews,)`` (non-padding ids
+    per review) and ``labels`` ``(num_reviews,)`` (1 = positive).
+    """
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: np.ndarray) -> EncodedSplit:
+        """The reviews at ``indices`` (in that order)."""
+        return EncodedSplit(self.ids[indices], self.lengths[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedIMDB:
+    """Both splits encoded with the train split's vocabulary; ``padding``: side of the zeros."""
+
+    train: EncodedSplit
+    test: EncodedSplit
+    vocab: Vocabulary
+    padding: str
+    maxlen: int
+
+
+def _cache_path(cache_dir: Path, source: Source, settings: dict) -> Path:
+    key = {"source": source.identity, "format": _CACHE_FORMAT, "tokenizer": TOKENIZER_VERSION,
+           **settings}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return cache_dir / f"imdb-{digest[:16]}.npz"
+
+
+def _save(path: Path, encoded: EncodedIMDB) -> None:
+    """Writes ``encoded`` as one uncompressed ``.npz`` (fast to load), atomically."""
+    # uint16 ids halve the file (10k words fit); they are widened back on load.
+    id_dtype = np.uint16 if encoded.vocab.num_words <= np.iinfo(np.uint16).max + 1 else np.int32
+    arrays = {"num_words": np.int64(encoded.vocab.num_words),
+              "words": np.array(encoded.vocab.words, dtype=str)}
+    for name in SPLITS:
+        split = getattr(encoded, name)
+        arrays |= {f"{name}_ids": split.ids.astype(id_dtype), f"{name}_lengths": split.lengths,
+                   f"{name}_labels": split.labels}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(partial, "wb") as file:  # a file object: np.savez would append ".npz" to a name
+        np.savez(file, **arrays)
+    os.replace(partial, path)
+
+
+def _load(path: Path, padding: str, maxlen: int) -> EncodedIMDB:
+    with np.load(path, allow_pickle=False) as arrays:
+        splits = {name: EncodedSplit(arrays[f"{name}_ids"].astype(np.int32), arrays[f"{name}_lengths"],
+                                     arrays[f"{name}_labels"])
+                  for name in SPLITS}
+        vocab = Vocabulary(int(arrays["num_words"]), tuple(arrays["words"].tolist()))
+    return EncodedIMDB(**splits, vocab=vocab, padding=padding, maxlen=maxlen)
+
+
+def load_encoded(data: str | os.PathLike | None = None, *, num_words: int = 10_000, maxlen: int = 500,
+                 padding: str = "pre", truncating: str | None = None,
+                 cache_dir: str | os.PathLike | None = None,
+                 data_dir: str | os.PathLike | None = None) -> EncodedIMDB:
+    """IMDB train and test encoded with a ``num_words`` vocabulary built on train.
+
+    Args:
+      data: local copy of the reviews, as for :func:`~stackrnn_jax.data.load_imdb_texts`.
+      num_words: ids stay below this (3 reserved ids included).
+      maxlen: time steps per review; longer reviews are cut, shorter padded with 0.
+      padding: ``"pre"`` (Keras' default) or ``"post"``: side of the padding zeros.
+      truncating: side cut from long reviews; defaults to ``padding``.
+      cache_dir: where the encoded ``.npz`` lives; default ``~/.cache/stackrnn_jax/encoded``.
+        The file name hashes the source identity and all settings above.
+      data_dir: tfds data_dir, as for :func:`~stackrnn_jax.data.load_imdb_texts`.
+
+    Returns:
+      An :class:`EncodedIMDB` whose splits hold ``ids`` ``(num_reviews, maxlen)``.
+    """
+    truncating = truncating or padding
+    check_padding_side("padding", padding)  # before minutes of work, not after
+    check_padding_side("truncating", truncating)
+    source = resolve_source(data)
+    settings = {"num_words": num_words, "maxlen": maxlen, "padding": padding, "truncating": truncating}
+    path = _cache_path(Path(cache_dir or DEFAULT_CACHE_DIR).expanduser(), source, settings)
+    if path.exists():
+        return _load(path, padding, maxlen)
+
+    log.info("Encoding IMDB into %s", path)
+    texts = load_texts(source, data_dir)
+    (train_texts, train_labels), (test_texts, test_labels) = texts["train"], texts["test"]
+    train_tokens = [tokenize(text) for text in train_texts]  # tokenized once for vocab and ids
+    vocab = Vocabulary.from_tokens(train_tokens, num_words)
+    train = EncodedSplit(*vocab.encode_tokens(train_tokens, maxlen, padding, truncating), train_labels)
+    test = EncodedSplit(*vocab.encode(test_texts, maxlen, padding, truncating), test_labels)
+    encoded = EncodedIMDB(train=train, test=test, vocab=vocab, padding=padding, maxlen=maxlen)
+    _save(path, encoded)
+    return encoded
+
+
+def split_validation(split: EncodedSplit, fraction: float,
+                     seed: int) -> tuple[EncodedSplit, EncodedSplit]:
+    """Holds out ``fraction`` of ``split`` (the train split) for validation, per label.
+
+    Deterministic for a ``seed``; each label gives ``round(fraction * count)``
+    reviews, so validation keeps the label balance. Both parts keep the original order.
+
+    Returns:
+      ``(train_part, validation_part)``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    is_validation = np.zeros(len(split), dtype=bool)
+    for label in np.unique(split.labels):
+        members = np.flatnonzero(split.labels == label)
+        is_validation[rng.permutation(members)[:round(fraction * len(members))]] = True
+    if is_validation.all() or not is_validation.any():
+        raise ValueError(f"validation fraction {fraction} leaves one part empty "
+                         f"for {len(split)} reviews")
+    return split.take(np.flatnonzero(~is_validation)), split.take(np.flatnonzero(is_validation))
