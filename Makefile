@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make train` (the main job) and `make test`.
+# Each creates the virtual environment it needs on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The local IMDB copy beside the project when there is one; otherwise tfds downloads it.
+DATA   ?= $(wildcard ../shared/data/aclImdb.tar.gz)
+WORKDIR ?= runs/tutorial
+
+.PHONY: venv train test test-all check clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+train: venv
+	$(VENV)/bin/stackrnn train $(if $(DATA),--data $(DATA)) --workdir $(WORKDIR) $(ARGS)
+
+test: venv
+	$(PY) -m pytest
+
+test-all: venv
+	$(PY) -m pytest -m ""
+
+check: venv
+	$(PY) scripts/manual_check.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
