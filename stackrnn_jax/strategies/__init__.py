@@ -5,11 +5,16 @@ See ``common.py`` for the contract every strategy follows.
 
 from __future__ import annotations
 
-from stackrnn_jax.strategies import loop, scan
+from stackrnn_jax.strategies import auto, fused, loop, scan, scan_vjp, wavefront
 
 STRATEGIES = {
     "scan": scan.run_stack,
     "loop": loop.run_stack,
+    "fused": fused.run_stack,
+    "wavefront": wavefront.run_stack,
+    "scan_vjp": scan_vjp.run_stack,
+    "scan_vjp_remat": scan_vjp.run_stack_remat,
+    "auto": auto.run_stack,
 }
 
 

@@ -1,0 +1,202 @@
+"""The fused, wavefront, scan_vjp and auto strategies against the NumPy reference and "scan".
+
+Tiny shapes; every case runs its strategy under one ``jit`` to keep compiles few.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from stackrnn_jax import STRATEGIES, make_cell, stacked_rnn
+from stackrnn_jax.reference import reference_rnn
+from stackrnn_jax.strategies import auto
+from stackrnn_jax.strategies.recurrent_split import head, recurrent_matmul
+
+CELLS = ["simple", "lstm", "gru"]
+FORWARD = ["fused", "wavefront", "scan_vjp"]        # scan_vjp_remat runs scan_vjp's forward
+GRADIENT = ["fused", "wavefront", "scan_vjp", "scan_vjp_remat"]
+BATCH, TIME, FEATURES = 3, 5, 4
+LENGTHS = np.array([5, 2, 0])  # full, partial and empty sequences
+
+# (units, bidirectional, padding, lengths, initial state, unroll): per-layer sizes that
+# shrink and grow, both padding sides, no mask, bidirectional through stack.py's one-layer
+# path, and a partial unroll (4 does not divide 5 steps, nor the wavefront's 5 + 1).
+LAYOUTS = {
+    "3layers-post-init": ([5, 3, 4], False, "post", LENGTHS, True, 1),
+    "2layers-nomask-unroll": ([3, 5], False, "post", None, False, 4),
+    "bidir-pre-init": ([4, 3], True, "pre", LENGTHS, True, 1),
+}
+
+
+def _max_error(ours, theirs):
+    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
+    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+               for a, b in pairs)
+
+
+def _problem(cell, units, bidirectional=False, dtype=jnp.float64, initial=False,
+             reset_after=True):
+    """``(params, x, initial state or None)`` drawn with NumPy (no eager JAX compiles)."""
+    rng = np.random.default_rng(0)
+    gates = make_cell(cell).gates
+
+    def array(*shape, scale=0.5):
+        return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+
+    def direction(width, n):
+        # Non-zero biases so that every bias term is exercised.
+        bias_shape = (2, gates * n) if cell == "gru" and reset_after else (gates * n,)
+        return {"kernel": array(width, gates * n), "recurrent_kernel": array(n, gates * n),
+                "bias": array(*bias_shape, scale=0.1)}
+
+    def state(n):
+        return (array(BATCH, n), array(BATCH, n)) if cell == "lstm" else array(BATCH, n)
+
+    params, states, width = [], [], FEATURES
+    for n in units:
+        if bidirectional:
+            params.append({"forward": direction(width, n), "backward": direction(width, n)})
+            states.append((state(n), state(n)))
+        else:
+            params.append(direction(width, n))
+            states.append(state(n))
+        width = n * (2 if bidirectional else 1)
+    return params, array(BATCH, TIME, FEATURES, scale=1.0), states if initial else None
+
+
+def _both_outputs(strategy, params, x, state, **kw):
+    """``stacked_rnn`` with and without return_sequences, under one jit."""
+    def run(params, x, state):
+        return [stacked_rnn(params, x, initial_state=state, strategy=strategy,
+                            return_sequences=seq, return_state=True, **kw) for seq in (False, True)]
+    return jax.jit(run)(params, x, state)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("strategy", FORWARD)
+@pytest.mark.parametrize("cell", CELLS)
+def test_float64_matches_reference(cell, strategy, layout):
+    units, bidirectional, padding, lengths, initial, unroll = LAYOUTS[layout]
+    with jax.enable_x64(True):
+        params, x, state = _problem(cell, units, bidirectional, initial=initial)
+        kw = dict(cell=cell, lengths=lengths, padding=padding)
+        ours = _both_outputs(strategy, params, x, state, unroll=unroll, **kw)
+        for out, seq in zip(ours, (False, True)):
+            assert out[0].dtype == jnp.float64
+            ref = reference_rnn(params, x, initial_state=state, return_sequences=seq,
+                                return_state=True, **kw)
+            assert _max_error(out, ref) < 1e-10
+
+
+@pytest.mark.parametrize("strategy", FORWARD)
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_matches_reference(cell, strategy):
+    params, x, state = _problem(cell, [6, 5], dtype=jnp.float32, initial=True)
+    kw = dict(cell=cell, lengths=LENGTHS, padding="pre", return_sequences=True,
+              return_state=True, initial_state=state)
+    ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy=strategy, **kw))(params, x)
+    assert ours[0].dtype == jnp.float32
+    assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
+
+
+def _loss_and_grad(strategy, cell, units, reset_after=True):
+    """Value, outputs and gradient (params, x, initial state) of a masked, dropped-out stack."""
+    params, x, state = _problem(cell, units, initial=True, reset_after=reset_after)
+
+    def loss(params, x, state):
+        y, states = stacked_rnn(params, x, cell=cell, lengths=LENGTHS, padding="post",
+                                initial_state=state, return_sequences=True, return_state=True,
+                                strategy=strategy, dropout=0.3,
+                                # An "rbg" key: threefry's bits cost seconds of compile here.
+                                dropout_rng=jax.random.key(7, impl="rbg"))
+        # Weight every output and final state differently so no cotangent is trivial.
+        value = jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(s)) for s in jax.tree.leaves(states))
+        return value, (y, states)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, x, state)
+
+
+@functools.lru_cache(maxsize=None)
+def _scan_loss_and_grad(cell, reset_after=True):
+    with jax.enable_x64(True):
+        return _loss_and_grad("scan", cell, (4, 3), reset_after)
+
+
+@pytest.mark.parametrize("strategy", GRADIENT)
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradient_and_dropout_match_scan(cell, strategy):
+    with jax.enable_x64(True):
+        ours = _loss_and_grad(strategy, cell, (4, 3))
+        # Same dropout rng -> same multipliers -> the same outputs and loss.
+        assert _max_error(ours[0], _scan_loss_and_grad(cell)[0]) < 1e-10
+        assert _max_error(ours[1], _scan_loss_and_grad(cell)[1]) < 1e-10
+
+
+def test_gru_reset_before():
+    """GRU with ``reset_after=False``: a padded wavefront slices W_h by gate; scan_vjp's
+    recurrent product has two stages."""
+    with jax.enable_x64(True):
+        params, x, _ = _problem("gru", [4, 3], reset_after=False)
+        kw = dict(cell="gru", lengths=LENGTHS, padding="pre", return_sequences=True)
+        for strategy in FORWARD:
+            out = jax.jit(lambda p, x: stacked_rnn(p, x, strategy=strategy, **kw))(params, x)
+            assert _max_error(out, reference_rnn(params, x, **kw)) < 1e-10
+        ours = _loss_and_grad("scan_vjp", "gru", (4, 3), reset_after=False)
+        assert _max_error(ours, _scan_loss_and_grad("gru", reset_after=False)) < 1e-10
+
+
+@pytest.mark.parametrize("cell, strategy", [(cell, "scan_vjp") for cell in CELLS]
+                         + [("lstm", "scan_vjp_remat")])
+def test_custom_vjp_numerical_gradient(cell, strategy):
+    with jax.enable_x64(True):
+        params, x, state = _problem(cell, [3, 2], initial=True)
+
+        @jax.jit
+        def f(params, x, state):
+            y, states = stacked_rnn(params, x, cell=cell, lengths=LENGTHS, padding="pre",
+                                    initial_state=state, return_sequences=True,
+                                    return_state=True, strategy=strategy)
+            return y, states
+
+        check_grads(f, (params, x, state), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("cell", ["simple", "lstm", "gru", "gru-reset-before"])
+def test_recurrent_split_is_the_cell_step(cell):
+    with jax.enable_x64(True):
+        reset_after = cell != "gru-reset-before"
+        the_cell = make_cell(cell[:3] if cell.startswith("gru") else cell, reset_after=reset_after)
+        params, _, state = _problem(the_cell.name, [5], initial=True, reset_after=reset_after)
+        carry = tuple(state[0]) if the_cell.carry_size == 2 else (state[0],)
+        xw_t = the_cell.project(params[0], jax.random.normal(jax.random.PRNGKey(3),
+                                                             (BATCH, FEATURES)))
+        u = recurrent_matmul(the_cell, params[0], carry, xw_t)
+        assert _max_error(head(the_cell, carry, xw_t, u),
+                          the_cell.step(params[0], carry, xw_t)) < 1e-14
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_auto_picks_a_registered_strategy_and_explains_it(backend):
+    for time in (1, 50, 500, 5000):
+        for batch in (1, 32, 512):
+            for units in ([8], [64, 64], [64] * 4, [64, 32, 64], [64] * 8, [256, 256], [1024] * 3):
+                strategy, rule = auto.choose(backend, len(units), time, batch, units)
+                assert strategy in STRATEGIES and strategy != "auto"
+                text = auto.explain_auto(time=time, batch=batch, units=units, backend=backend)
+                assert repr(strategy) in text and backend in text
+                assert (rule.why if rule else "no measured rule") in text
+
+
+def test_auto_rules_name_registered_strategies():
+    assert all(rule.strategy in STRATEGIES and rule.strategy != "auto" for rule in auto.RULES)
+
+
+def test_auto_matches_reference():
+    params, x, _ = _problem("lstm", [4, 4], dtype=jnp.float32)
+    kw = dict(cell="lstm", lengths=LENGTHS, padding="pre", return_sequences=True)
+    ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="auto", **kw))(params, x)
+    assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
