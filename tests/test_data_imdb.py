@@ -4,6 +4,7 @@ import io
 import os
 import socket
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -194,10 +195,17 @@ def test_probe_reports_closed_and_open_ports(monkeypatch):
 
 def test_probe_gives_up_on_a_hanging_name_lookup(monkeypatch):
     """Name resolution ignores socket timeouts; the probe must not wait for it."""
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    release = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):
+        release.wait(30)
+        raise OSError("simulated lookup that never answers")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_lookup)
     start = time.monotonic()
     assert not imdb.download_host_reachable(timeout=0.3)
     assert time.monotonic() - start < 2
+    release.set()  # let the abandoned probe thread end inside this test
 
 
 def test_missing_path(tmp_path):
