@@ -1,0 +1,179 @@
+"""``stackrnn train | evaluate | predict``: the command-line face.
+
+Bad input of any kind ends with one ``error: ...`` line on stderr and exit status 2
+(usage) or 1 (everything else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import logging
+import sys
+from pathlib import Path
+
+from stackrnn_jax.config import CELLS, DTYPES, PADDING_SIDES, PRESETS, SCHEDULES, TrainConfig
+
+PREVIEW_CHARS = 60
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) on stderr."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stackrnn_jax.strategies import STRATEGIES  # choices read at runtime: the registry grows
+
+    parser = _Parser(prog="stackrnn", description="Stacked RNN sentiment classifier on IMDB (JAX).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict}")
+    defaults = TrainConfig()
+
+    train = commands.add_parser("train", help="train a model; keep the best epoch by validation accuracy",
+                                description="Train on IMDB. Precedence: defaults < --preset < --config file < flags.")
+    train.set_defaults(run=_train)
+    _add_run_options(train, data=True)
+    train.add_argument("--preset", choices=list(PRESETS), help="named recipe (default: tutorial)")
+    train.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file of config fields")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a run with another config in --workdir")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    group = train.add_argument_group("config fields (defaults: the classic Keras tutorial)")
+    flag = _field_adder(group, defaults)
+    flag("cell", choices=CELLS)
+    flag("layers", type=int, help="stacked RNN layers")
+    flag("units", type=int, help="units per layer")
+    flag("bidirectional", action=argparse.BooleanOptionalAction)
+    flag("embed_dim", type=int, help="embedding size")
+    flag("num_words", type=int, help="vocabulary size (ids 0-2 reserved)")
+    flag("maxlen", type=int, help="ids per review (cut or padded)")
+    flag("padding", choices=PADDING_SIDES, help="side of the padding")
+    flag("truncating", choices=PADDING_SIDES, help="side cut from long reviews")
+    flag("mask", action=argparse.BooleanOptionalAction, help="skip padding steps (true lengths)")
+    flag("val_fraction", type=float, help="share of the train reviews held out for validation")
+    flag("batch_size", type=int)
+    flag("epochs", type=int)
+    flag("learning_rate", "--lr", type=float)
+    flag("schedule", choices=SCHEDULES, help="learning-rate schedule after the warmup")
+    flag("warmup_steps", type=int, help="linear warmup steps (0: none)")
+    flag("clip_norm", type=float, help="global-norm gradient clipping (0: none)")
+    flag("dropout", type=float, help="dropout between RNN layers and before the head")
+    flag("embed_dropout", type=float)
+    flag("seed", type=int)
+    flag("dtype", choices=DTYPES, help="compute dtype of the recurrence")
+    flag("strategy", choices=sorted(STRATEGIES), help="how the timesteps execute")
+    flag("unroll", type=int, help="timesteps per loop iteration (scan)")
+    flag("log_every", type=int, help="steps between progress-bar updates")
+
+    evaluate = commands.add_parser("evaluate", help="test loss and accuracy of a run's best epoch",
+                                   description="Evaluate a run's best epoch on the whole IMDB test split.")
+    evaluate.set_defaults(run=_evaluate)
+    _add_run_options(evaluate, data=True)
+
+    predict = commands.add_parser("predict", help="P(positive) and label of review texts",
+                                  description="Score reviews with a run's best epoch and vocabulary.")
+    predict.set_defaults(run=_predict)
+    _add_run_options(predict, data=False)
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="review texts; '-' reads stdin")
+    predict.add_argument("--file", type=Path, help="a UTF-8 file with one review per line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; the exit status is 0 on success."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, OSError) as error:  # DataError and RunError are ValueErrors
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _train(args) -> None:
+    from stackrnn_jax import config as config_lib
+    from stackrnn_jax.train import train_and_evaluate
+
+    file_values = config_lib.read_config_file(args.config) if args.config else None
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = config_lib.resolve(args.preset, file_values, overrides)
+    out = sys.stdout
+    with _quiet_data_layer():
+        train_and_evaluate(config, args.workdir, args.data, overwrite=args.overwrite,
+                           progress=args.progress, out=out)
+
+
+def _evaluate(args) -> None:
+    from stackrnn_jax.predict import evaluate_run, load_run
+
+    run = load_run(args.workdir)
+    with _quiet_data_layer():
+        metrics = evaluate_run(run, args.data)
+    print(f"Test Loss: {metrics['loss']:.4f}")
+    print(f"Test Accuracy: {metrics['accuracy']:.4f}")
+
+
+def _predict(args) -> None:
+    from stackrnn_jax.predict import check_texts, label, load_run, predict_proba
+
+    texts = []
+    for text in args.texts:
+        texts += _lines(sys.stdin.buffer.read(), "stdin") if text == "-" else [text]
+    if args.file:
+        texts += _lines(args.file.read_bytes(), str(args.file))
+    texts = check_texts(texts)  # before loading the run: bad input fails fast
+    run = load_run(args.workdir)
+    for text, probability in zip(texts, predict_proba(run, texts)):
+        preview = " ".join(text.split())
+        preview = preview if len(preview) <= PREVIEW_CHARS else preview[: PREVIEW_CHARS - 3] + "..."
+        print(f"{probability:.4f}\t{label(probability)}\t{preview}")
+
+
+def _quiet_data_layer():
+    """tfds prints and logs chatter while preparing a dataset; stdout is for results and
+    stderr for one error line, so drop it (tfds' own progress bars still show)."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _lines(raw: bytes, where: str) -> list[str]:
+    """The non-blank lines of UTF-8 text ``raw``; ValueError if it is not text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{where}: not UTF-8 text (byte {error.start})") from error
+    if "\x00" in text:
+        raise ValueError(f"{where}: not text (holds NUL bytes)")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _add_run_options(parser, *, data: bool) -> None:
+    parser.add_argument("--workdir", type=Path, required=True, help="the run's directory")
+    if data:
+        parser.add_argument("--data", metavar="PATH",
+                            help="aclImdb tar.gz or folder (default: $STACKRNN_IMDB_PATH, else download)")
+
+
+def _field_adder(group, defaults: TrainConfig):
+    """``flag(field, *aliases, **kw)`` adds ``--field-name`` (default None: unset flags do not override)."""
+
+    def flag(name, *aliases, help=None, **kwargs):
+        shown = f"default: {getattr(defaults, name)}"
+        group.add_argument(f"--{name.replace('_', '-')}", *aliases, dest=name, default=None,
+                           help=f"{help} ({shown})" if help else shown, **kwargs)
+
+    return flag
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    return " ".join(text.split()) or type(error).__name__

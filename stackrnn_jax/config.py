@@ -1,0 +1,176 @@
+"""Training configuration: one dataclass, named presets, JSON/TOML files.
+
+Precedence when resolving a run's config (``resolve``): built-in defaults <
+preset < config file < explicit overrides (the CLI flags). The defaults are the
+classic Keras tutorial: Embedding(10,000 x 32) -> SimpleRNN(64) -> SimpleRNN(64)
+-> Dense(1), Adam 1e-3, batch 32, 5 epochs, maxlen 500, pre-padding, no masking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CELLS = ("simple", "lstm", "gru")
+PADDING_SIDES = ("pre", "post")
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json`` in its work directory)."""
+
+    # Model: Embedding(num_words x embed_dim) -> `layers` x cell(units) -> Dense(1).
+    cell: str = "simple"
+    layers: int = 2
+    units: int = 64
+    bidirectional: bool = False
+    embed_dim: int = 32
+    dropout: float = 0.0  # between RNN layers and before the head
+    embed_dropout: float = 0.0
+    # Data: a num_words vocabulary, reviews cut/padded to maxlen ids.
+    num_words: int = 10_000
+    maxlen: int = 500
+    padding: str = "pre"
+    truncating: str = "pre"  # which end of a long review is cut (Keras' default: the start)
+    mask: bool = False  # feed true lengths so padding steps are skipped (the tutorial did not)
+    val_fraction: float = 0.2  # held out of the TRAIN reviews for model selection
+    # Optimisation: Adam with optional warmup, cosine decay and global-norm clipping.
+    batch_size: int = 32
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_norm: float = 0.0  # 0 = no clipping
+    seed: int = 0
+    # Execution: how the same numbers are computed.
+    dtype: str = "float32"  # compute dtype of the recurrence; parameters stay float32
+    strategy: str = "scan"
+    unroll: int = 1
+    log_every: int = 50  # steps between host syncs for the progress bar
+
+    def __post_init__(self):
+        from stackrnn_jax.strategies import STRATEGIES  # registry read at runtime: it grows
+
+        choices = {"cell": CELLS, "padding": PADDING_SIDES, "truncating": PADDING_SIDES,
+                   "dtype": DTYPES, "schedule": SCHEDULES, "strategy": tuple(STRATEGIES)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}; "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("layers", "units", "embed_dim", "maxlen", "batch_size", "epochs",
+                     "unroll", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.num_words < 4:  # ids 0-2 are reserved (padding, start, unknown)
+            raise ValueError(f"num_words: expected at least 4, got {self.num_words}")
+        for name in ("dropout", "embed_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
+        if self.clip_norm < 0 or self.warmup_steps < 0:
+            raise ValueError("clip_norm and warmup_steps: expected >= 0 (0 turns them off)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> TrainConfig:
+        """A config from plain values (JSON/TOML), type-checked; unknown keys are an error."""
+        return cls(**_checked(values, where))
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# The recipes: masking by true length, global-norm clipping, warmup + cosine decay, dropout
+# on the embeddings and between layers, best epoch by validation accuracy. Chosen by a
+# sweep on the real IMDB (scripts/accuracy_runs.py runs them end to end).
+_RECIPE = dict(mask=True, clip_norm=1.0, schedule="cosine", warmup_steps=100)
+PRESETS: dict[str, dict[str, Any]] = {
+    "tutorial": {},
+    "simple-best": dict(_RECIPE, dropout=0.3, embed_dropout=0.2, epochs=8),
+    # LSTM trains on 90% of the train reviews (validation 10%): more data, less overfitting.
+    "lstm-best": dict(_RECIPE, cell="lstm", dropout=0.5, embed_dropout=0.4, epochs=6,
+                      batch_size=64, learning_rate=2e-3, val_fraction=0.1),
+    "gru-best": dict(_RECIPE, cell="gru", dropout=0.5, embed_dropout=0.3, epochs=6,
+                     batch_size=64, learning_rate=2e-3),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """The named preset (``PRESETS``) applied over the defaults."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}; got {name!r}")
+    return TrainConfig(**PRESETS[name])
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw values of a ``.json`` or ``.toml`` config file (a flat table of fields).
+
+    A file may also name a ``preset``; the other keys must be ``TrainConfig`` fields.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"config file {path}: cannot read it ({error})") from error
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ValueError("expected a .json or .toml file")
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"config file {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: expected a table of fields at the top level")
+    _checked({k: v for k, v in values.items() if k != "preset"}, f"config file {path}")
+    return values
+
+
+def resolve(preset_name: str | None = None, file_values: Mapping[str, Any] | None = None,
+            overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """defaults < preset < file < overrides; the preset may come from the file.
+
+    Args:
+      preset_name: a ``PRESETS`` key; None uses the file's ``preset`` or ``"tutorial"``.
+      file_values: ``read_config_file`` output.
+      overrides: field values set explicitly (CLI flags); None values are ignored.
+    """
+    file_values = dict(file_values or {})
+    name = preset_name or file_values.pop("preset", None) or "tutorial"
+    file_values.pop("preset", None)
+    values = {**preset(name).to_dict(), **file_values,
+              **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return TrainConfig.from_dict(values)
+
+
+def _checked(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Type-check ``values`` against the TrainConfig fields (ints widen to floats)."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for name, value in values.items():
+        if name not in types:
+            raise ValueError(f"{where}: unknown field {name!r}")
+        kind = types[name]
+        ok = {"bool": isinstance(value, bool),
+              "int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "str": isinstance(value, str)}[kind]
+        if not ok:
+            raise ValueError(f"{where}: field {name!r} expects a {kind}, got {value!r}")
+        out[name] = float(value) if kind == "float" else value
+    return out

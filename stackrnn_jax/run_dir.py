@@ -1,0 +1,170 @@
+"""A run's work directory: what training writes there and evaluate/predict read back.
+
+Layout::
+
+    config.json      the resolved TrainConfig
+    vocab.json       the vocabulary the ids were encoded with
+    best.json        {"epoch", "checkpoint", metrics...}: which checkpoint is the best epoch
+    checkpoints/epoch_<n>/   orbax checkpoint of the model parameters (nnx.Param state)
+    history.json / history.csv / history.png   per-epoch metrics and timings, and their plot
+
+Every file is replaced atomically (written aside, then renamed), and the best
+checkpoint is switched by rewriting ``best.json`` only after the new checkpoint is
+complete, so an interrupted run always leaves a loadable best epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from stackrnn_jax.config import TrainConfig
+
+CONFIG, VOCAB, BEST = "config.json", "vocab.json", "best.json"
+HISTORY_JSON, HISTORY_CSV, PLOT = "history.json", "history.csv", "history.png"
+CHECKPOINTS = "checkpoints"
+# Changing these keeps the trained model's meaning, so they do not make a run dir incompatible.
+EXECUTION_FIELDS = ("strategy", "unroll", "log_every")
+
+
+class RunError(ValueError):
+    """A work directory is missing, unreadable or holds an incompatible run; one line for the user."""
+
+
+def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False) -> Path:
+    """Create (or reuse) ``workdir`` for training ``config`` and save the config in it.
+
+    An existing run with a different config (other than ``EXECUTION_FIELDS``), or a
+    non-empty folder that is no run, is refused unless ``overwrite``; then only the
+    files this module writes are removed. A run with the same config is trained anew.
+    """
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"workdir {workdir} exists and is not a directory")
+    if workdir.is_dir() and not overwrite:
+        if (workdir / CONFIG).exists():
+            changed = _differences(read_config(workdir), config)
+            if changed:
+                raise RunError(f"workdir {workdir} holds a run with another config ({changed}); "
+                               "pass --overwrite to replace it, or choose another --workdir")
+        elif any(workdir.iterdir()):
+            raise RunError(f"workdir {workdir} is not empty and holds no run; "
+                           "pass --overwrite to write into it anyway, or choose another --workdir")
+    for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):
+        (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / CONFIG, config.to_dict())
+    return workdir
+
+
+def read_config(workdir: str | Path) -> TrainConfig:
+    """The config saved in ``workdir``; RunError if there is no readable one."""
+    path = Path(workdir) / CONFIG
+    if not path.is_file():
+        raise RunError(f"no trained run in {workdir} (missing {CONFIG}); train one with "
+                       f"`stackrnn train --workdir {workdir}`")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
+        raise RunError(f"{path}: unreadable ({error})") from error
+    except ValueError as error:
+        raise RunError(str(error)) from error
+
+
+def read_vocab(workdir: str | Path):
+    """The saved ``Vocabulary``; RunError if it is missing or unreadable."""
+    from stackrnn_jax.data import Vocabulary
+
+    path = Path(workdir) / VOCAB
+    try:
+        return Vocabulary.load(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise RunError(f"{path}: no readable vocabulary ({error})") from error
+
+
+def save_best(workdir: str | Path, params, info: dict[str, Any]) -> None:
+    """Checkpoint ``params`` (an nnx.State) as the best epoch ``info["epoch"]``, atomically."""
+    import orbax.checkpoint as ocp
+
+    workdir = Path(workdir)
+    name = f"{CHECKPOINTS}/epoch_{info['epoch']}"
+    target = (workdir / name).absolute()
+    shutil.rmtree(target, ignore_errors=True)  # a leftover of an interrupted earlier run
+    with ocp.StandardCheckpointer() as checkpointer:  # writes aside, renames when complete
+        checkpointer.save(target, params)
+        checkpointer.wait_until_finished()
+    previous = _read_best(workdir) if (workdir / BEST).exists() else None
+    write_json(workdir / BEST, {**info, "checkpoint": name})
+    if previous and previous["checkpoint"] != name:
+        shutil.rmtree(workdir / previous["checkpoint"], ignore_errors=True)
+
+
+def restore_best(workdir: str | Path, abstract_params):
+    """``(params, info)`` of the best epoch; ``abstract_params`` gives the tree and shapes."""
+    import orbax.checkpoint as ocp
+
+    info = _read_best(workdir)
+    path = (Path(workdir) / info["checkpoint"]).absolute()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path, abstract_params), info
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"{path}: unreadable checkpoint ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0] if str(error) else ''})") from error
+
+
+def write_history(workdir: str | Path, history: dict[str, Any]) -> None:
+    """``history.json`` (everything) and ``history.csv`` (one row per epoch)."""
+    workdir = Path(workdir)
+    write_json(workdir / HISTORY_JSON, history)
+    rows = history["epochs"]
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(workdir / HISTORY_CSV, out.getvalue())
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
+                                     prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
+        try:
+            file.write(text)
+        except BaseException:
+            os.unlink(file.name)
+            raise
+    os.replace(file.name, path)
+
+
+def _read_best(workdir: str | Path) -> dict[str, Any]:
+    path = Path(workdir) / BEST
+    if not path.is_file():
+        raise RunError(f"no best checkpoint in {workdir} (missing {BEST}): did training finish an epoch?")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info.get("checkpoint"), str):
+            raise ValueError("no checkpoint entry")
+        return info
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise RunError(f"{path}: unreadable ({error})") from error
+
+
+def _differences(old: TrainConfig, new: TrainConfig) -> str:
+    """``"cell: 'simple' -> 'lstm', ..."`` for the fields that differ, execution fields aside."""
+    old, new = old.to_dict(), new.to_dict()
+    return ", ".join(f"{name}: {old[name]!r} -> {new[name]!r}" for name in old
+                     if name not in EXECUTION_FIELDS and old[name] != new[name])

@@ -1,0 +1,187 @@
+"""The ``stackrnn`` command end to end on a tiny synthetic aclImdb archive, and its bad inputs."""
+
+import io
+import json
+import re
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from stackrnn_jax import run_dir
+from stackrnn_jax.cli import main
+
+PER_CLASS = 101  # per label and split: 202 test reviews, so the last batch of 8 is padded
+FILLER = "the a movie film plot actor scene story it was and of this".split()
+TINY = ["--num-words", "40", "--maxlen", "16", "--units", "8", "--embed-dim", "8",
+        "--batch-size", "8", "--epochs", "3", "--lr", "0.02", "--mask", "--no-progress"]
+
+
+def write_archive(path, seed=0):
+    """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives "awful boring"."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as archive:
+        for split in ("train", "test"):
+            for label, words in (("pos", "great wonderful"), ("neg", "awful boring")):
+                for index in range(PER_CLASS):
+                    filler = " ".join(rng.choice(FILLER, rng.integers(3, 10)))
+                    data = f"{filler} {words} {filler}.".encode()
+                    member = tarfile.TarInfo(f"aclImdb/{split}/{label}/{index}_{7 if label == 'pos' else 2}.txt")
+                    member.size = len(data)
+                    archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_caches(tmp_path, monkeypatch):
+    """tfds and the encoded-data cache live under a temporary HOME, never the user's."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("STACKRNN_DATA_DIR", raising=False)
+    monkeypatch.delenv("STACKRNN_IMDB_PATH", raising=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(archive, workdir, train stdout)`` of one tiny CLI training run."""
+    root = tmp_path_factory.mktemp("cli")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("HOME", str(root / "home"))
+    archive = write_archive(root / "aclImdb.tar.gz")
+    workdir = root / "run"
+    stdout = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert main(["train", "--workdir", str(workdir), "--data", str(archive), *TINY]) == 0
+    finally:
+        monkeypatch.undo()
+    return archive, workdir, stdout.getvalue()
+
+
+def run_error(capsys, argv, status=1):
+    """Run ``argv``; assert it failed with one ``error:`` line on stderr; return that line."""
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse usage errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_train_prints_epochs_and_saves_the_run(trained):
+    _, workdir, out = trained
+    assert re.search(r"^Epoch 3/3 - \d+s - loss: \d\.\d{4} - accuracy: \d\.\d{4} - "
+                     r"val_loss: \d\.\d{4} - val_accuracy: \d\.\d{4}$", out, re.M)
+    config = json.loads((workdir / run_dir.CONFIG).read_text())
+    assert (config["units"], config["maxlen"], config["mask"], config["cell"]) == (8, 16, True, "simple")
+    for name in (run_dir.VOCAB, run_dir.BEST, run_dir.HISTORY_JSON, run_dir.HISTORY_CSV, run_dir.PLOT):
+        assert (workdir / name).is_file(), name
+
+
+def test_evaluate_counts_every_test_review_once(trained, capsys):
+    from stackrnn_jax.predict import evaluate_run, load_run
+
+    archive, workdir, _ = trained
+    assert main(["evaluate", "--workdir", str(workdir), "--data", str(archive)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"Test Loss: \d\.\d{4}", lines[0])
+    accuracy = float(re.fullmatch(r"Test Accuracy: (\d\.\d{4})", lines[1]).group(1))
+    assert accuracy > 0.9  # the synthetic task is easy
+    assert evaluate_run(load_run(workdir), archive)["examples"] == 2 * PER_CLASS
+
+
+def test_predict_arguments_file_and_stdin(trained, capsys, tmp_path, monkeypatch):
+    _, workdir, _ = trained
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("a great wonderful film\n\nawful boring plot\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"great wonderful\n")))
+    assert main(["predict", "--workdir", str(workdir), "awful boring movie", "-",
+                 "--file", str(reviews)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [row[1] for row in rows] == ["negative", "positive", "positive", "negative"]
+    assert all(0.0 <= float(row[0]) <= 1.0 for row in rows)
+    assert rows[0][2] == "awful boring movie"
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "stackrnn_jax", "predict", "--workdir", "/nonexistent", "x"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("error: no trained run in /nonexistent")
+
+
+def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('cell = "lstm"\nepochs = 2\nunits = 16\n')
+    workdir = tmp_path / "run"
+    message = run_error(capsys, ["train", "--workdir", str(workdir), "--preset", "gru-best",
+                                 "--config", str(config_file), "--units", "8",
+                                 "--data", str(tmp_path / "missing.tar.gz")])
+    assert "IMDB data path does not exist" in message  # a DataError: one line too
+    saved = json.loads((workdir / run_dir.CONFIG).read_text())
+    assert saved["cell"] == "lstm" and saved["epochs"] == 2  # file over preset
+    assert saved["units"] == 8  # flag over file
+    assert saved["dropout"] == 0.5  # from the preset
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["train", "--workdir", "w", "--cell", "transformer"], 2, "invalid choice"),
+    (["train", "--workdir", "w", "--strategy", "nope"], 2, "invalid choice"),
+    (["train", "--workdir", "w", "--epochs", "many"], 2, "invalid int value"),
+    (["train", "--workdir", "w", "--dropout", "1.5"], 1, "dropout: expected a rate"),
+    (["train", "--workdir", "w", "--config", "missing.toml"], 1, "cannot read it"),
+    (["frobnicate"], 2, "invalid choice"),
+    (["evaluate", "--workdir", "nothing-here"], 1, "no trained run in nothing-here"),
+    (["predict", "--workdir", "nothing-here", "good"], 1, "no trained run in nothing-here"),
+    (["predict", "--workdir", "nothing-here"], 1, "no review given"),
+    (["predict", "--workdir", "nothing-here", "   "], 1, "review 1 is empty"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, status, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in run_error(capsys, argv, status)
+
+
+def test_non_text_and_empty_predict_input(capsys, tmp_path, monkeypatch):
+    binary = tmp_path / "reviews.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    assert "not UTF-8 text" in run_error(capsys, ["predict", "--workdir", "w", "--file", str(binary)])
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert "no review given" in run_error(capsys, ["predict", "--workdir", "w", "--file",
+                                                   str(tmp_path / "blank.txt")])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok\x00review")))
+    assert "stdin: not text" in run_error(capsys, ["predict", "--workdir", "w", "-"])
+
+
+def test_workdir_with_another_config_is_refused_unless_overwrite(trained, capsys, tmp_path):
+    archive, workdir, _ = trained
+    other = tmp_path / "run"
+    other.mkdir()
+    for name in (run_dir.CONFIG,):
+        (other / name).write_text((workdir / name).read_text())
+    message = run_error(capsys, ["train", "--workdir", str(other), "--data", str(archive),
+                                 *TINY, "--cell", "gru"])
+    assert "holds a run with another config (cell: 'simple' -> 'gru')" in message
+    assert "--overwrite" in message
+
+
+def test_broken_run_is_one_line(trained, capsys, tmp_path):
+    _, workdir, _ = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in (run_dir.CONFIG, run_dir.VOCAB):
+        (broken / name).write_text((workdir / name).read_text())
+    assert "no best checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken), "good"])
+    (broken / run_dir.BEST).write_text('{"epoch": 1, "checkpoint": "checkpoints/epoch_9"}')
+    assert "unreadable checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken), "good"])
+    (broken / run_dir.CONFIG).write_text("{not json")
+    assert "unreadable" in run_error(capsys, ["evaluate", "--workdir", str(broken)])
+
+
+def test_unreadable_archive_is_one_data_error_line(capsys, tmp_path):
+    archive = tmp_path / "aclImdb.tar.gz"
+    archive.write_text("not a tar archive")
+    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"), "--data", str(archive)])
+    assert "not a readable tar archive" in message

@@ -1,0 +1,92 @@
+"""Config: tutorial defaults, presets, JSON/TOML files and their precedence, validation."""
+
+import json
+
+import pytest
+
+from stackrnn_jax.config import PRESETS, TrainConfig, preset, read_config_file, resolve
+from stackrnn_jax.strategies import STRATEGIES
+
+
+def test_defaults_are_the_classic_tutorial():
+    config = TrainConfig()
+    assert (config.cell, config.layers, config.units, config.embed_dim) == ("simple", 2, 64, 32)
+    assert (config.num_words, config.maxlen, config.padding) == (10_000, 500, "pre")
+    assert (config.batch_size, config.epochs, config.learning_rate) == (32, 5, 1e-3)
+    assert not config.mask and not config.bidirectional and config.clip_norm == 0
+    assert preset("tutorial") == config
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_valid_and_round_trips(name):
+    config = preset(name)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_best_presets_use_their_cell_and_the_same_stack_shape():
+    for name, cell in (("simple-best", "simple"), ("lstm-best", "lstm"), ("gru-best", "gru")):
+        config = preset(name)
+        assert (config.cell, config.layers, config.units) == (cell, 2, 64)
+        assert config.mask  # the recipes rely on masking by true length
+
+
+def test_precedence_defaults_preset_file_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "lstm-best"\nepochs = 3\nlearning_rate = 1\nunits = 16\n')
+    values = read_config_file(path)
+    config = resolve(None, values, {"units": 8, "dropout": None})
+    assert config.cell == "lstm"  # preset named by the file
+    assert config.epochs == 3 and config.learning_rate == 1.0  # file over preset (int widened)
+    assert config.units == 8  # flag over file
+    assert config.dropout == PRESETS["lstm-best"]["dropout"]  # unset flag changes nothing
+    assert resolve("gru-best", values).cell == "gru"  # an explicit preset beats the file's
+
+
+def test_json_file(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"cell": "gru", "mask": True}))
+    assert resolve(None, read_config_file(path)) == TrainConfig(cell="gru", mask=True)
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    ('{"nope": 1}', ".json", "unknown field 'nope'"),
+    ('{"epochs": "5"}', ".json", "field 'epochs' expects a int"),
+    ('{"mask": 1}', ".json", "field 'mask' expects a bool"),
+    ("[1, 2]", ".json", "table of fields"),
+    ("epochs = = 3", ".toml", "config file"),
+    ("epochs: 3", ".yaml", "expected a .json or .toml file"),
+])
+def test_bad_config_files(tmp_path, content, suffix, message):
+    path = tmp_path / f"run{suffix}"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_config_file(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ValueError, match="cannot read it"):
+        read_config_file(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"cell": "transformer"}, "cell: expected one of simple, lstm, gru"),
+    ({"strategy": "nope"}, "strategy: expected one of"),
+    ({"units": 0}, "units: expected a positive integer"),
+    ({"dropout": 1.0}, "dropout: expected a rate"),
+    ({"val_fraction": 0.0}, "val_fraction"),
+    ({"learning_rate": -1.0}, "learning_rate"),
+    ({"num_words": 3}, "num_words"),
+])
+def test_invalid_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_strategy_choices_come_from_the_registry():
+    for name in STRATEGIES:
+        assert TrainConfig(strategy=name).strategy == name
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        resolve("best-ever")

@@ -1,0 +1,133 @@
+"""Training loop on a learnable synthetic task: loss, one trace, run files, best-epoch reload."""
+
+import csv
+import json
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from stackrnn_jax import run_dir
+from stackrnn_jax.config import TrainConfig
+from stackrnn_jax.data import EncodedSplit, Vocabulary
+from stackrnn_jax.predict import load_run, predict_proba
+from stackrnn_jax.train import (create_model, create_optimizer, fit, learning_rate,
+                                make_train_step, train_epoch)
+
+CONFIG = TrainConfig(num_words=20, maxlen=12, embed_dim=8, units=8, batch_size=16, epochs=3,
+                     learning_rate=1e-2, mask=True, log_every=4)
+
+
+def synthetic_split(n: int, seed: int, maxlen: int = 12) -> EncodedSplit:
+    """Pre-padded reviews of ids 4..19; positive ones hold the id 3 somewhere."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, maxlen + 1, n).astype(np.int32)
+    labels = (np.arange(n) % 2).astype(np.int32)
+    ids = np.zeros((n, maxlen), np.int32)
+    for row, (length, label) in enumerate(zip(lengths, labels)):
+        tokens = rng.integers(4, 20, length)
+        if label:
+            tokens[rng.integers(length)] = 3
+        ids[row, maxlen - length:] = tokens
+    return EncodedSplit(ids, lengths, labels)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small run shared by the tests below: ``(workdir, history, printed lines)``."""
+    workdir = run_dir.prepare(tmp_path_factory.mktemp("run"), CONFIG)
+    Vocabulary(CONFIG.num_words, tuple(f"w{i}" for i in range(17))).save(workdir / run_dir.VOCAB)
+    lines = []
+
+    class Out:
+        def write(self, text):
+            lines.extend(text.splitlines())
+
+        def flush(self):
+            pass
+
+    history = fit(CONFIG, synthetic_split(200, 0), synthetic_split(64, 1), workdir,
+                  progress=False, out=Out())
+    return workdir, history, [line for line in lines if line]
+
+
+def test_loss_decreases_and_task_is_learned(trained):
+    _, history, _ = trained
+    losses = [row["loss"] for row in history["epochs"]]
+    assert losses[-1] < losses[0]
+    assert history["best_val_accuracy"] > 0.8
+
+
+def test_epoch_lines_are_keras_style(trained):
+    _, _, lines = trained
+    pattern = (r"Epoch {}/3 - \d+s - loss: \d\.\d{{4}} - accuracy: \d\.\d{{4}} - "
+               r"val_loss: \d\.\d{{4}} - val_accuracy: \d\.\d{{4}}")
+    for epoch in (1, 2, 3):
+        assert re.fullmatch(pattern.format(epoch), lines[epoch - 1])
+    assert lines[3].startswith("Best epoch: ")
+
+
+def test_history_files_hold_the_epochs_run(trained):
+    workdir, history, _ = trained
+    saved = json.loads((workdir / run_dir.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in saved["epochs"]] == [1, 2, 3]
+    assert saved["best_epoch"] == history["best_epoch"]
+    assert 0.0 <= saved["outside_share"] < 1.0 and saved["step_s"] > 0
+    with open(workdir / run_dir.HISTORY_CSV) as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "outside_share"} <= set(rows[0])
+    assert (workdir / run_dir.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_epoch_reloads_with_config_and_vocab(trained):
+    workdir, history, _ = trained
+    run = load_run(workdir)
+    assert run.config == CONFIG and run.vocab.num_words == CONFIG.num_words
+    assert run.best["epoch"] == history["best_epoch"]
+    assert len(list((workdir / run_dir.CHECKPOINTS).iterdir())) == 1  # older bests removed
+    texts = ["w0 w1 w2", "w3 w4"]
+    probabilities = predict_proba(run, texts)
+    assert probabilities.shape == (2,) and np.all((probabilities >= 0) & (probabilities <= 1))
+    np.testing.assert_allclose(predict_proba(run, texts[:1]), probabilities[:1], atol=1e-6)
+
+
+def test_train_step_traces_once():
+    config = CONFIG.replace(batch_size=24)  # 100 reviews: the last batch is padded
+    model = create_model(config)
+    optimizer = nnx.Optimizer(model, create_optimizer(config, 20), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    step = make_train_step(graphdef, config)
+    split = synthetic_split(100, 2)
+    for epoch in (1, 2):
+        state, metrics, timer = train_epoch(step, state, split, config, epoch, progress=False)
+    assert step._cache_size() == 1
+    assert timer.seconds["step"] > 0 and np.isfinite(metrics["loss"])
+
+
+def test_schedules_and_clipping():
+    warm = learning_rate(CONFIG.replace(warmup_steps=10), 100)
+    assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1e-2) == float(warm(99))
+    cosine = learning_rate(CONFIG.replace(schedule="cosine", warmup_steps=10), 100)
+    assert float(cosine(10)) == pytest.approx(1e-2) and float(cosine(100)) == pytest.approx(0.0)
+    clipped = create_optimizer(CONFIG.replace(clip_norm=1.0), 100)
+    params = {"w": jnp.zeros(3)}
+    updates, _ = clipped.update({"w": jnp.full(3, 100.0)}, clipped.init(params), params)
+    assert np.all(np.isfinite(updates["w"]))
+    assert isinstance(clipped, optax.GradientTransformation)
+
+
+def test_workdir_with_another_config_is_refused(tmp_path):
+    run_dir.prepare(tmp_path / "w", CONFIG)
+    run_dir.prepare(tmp_path / "w", CONFIG.replace(strategy="loop", log_every=1))  # same model
+    with pytest.raises(run_dir.RunError, match="cell: 'simple' -> 'gru'"):
+        run_dir.prepare(tmp_path / "w", CONFIG.replace(cell="gru"))
+    run_dir.prepare(tmp_path / "w", CONFIG.replace(cell="gru"), overwrite=True)
+    assert run_dir.read_config(tmp_path / "w").cell == "gru"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(run_dir.RunError, match="holds no run"):
+        run_dir.prepare(tmp_path / "other", CONFIG)
