@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# Train (defaults = the classic tutorial; ARGS="--preset simple-best" etc.), then test.
 train: venv
 	$(VENV)/bin/stackrnn train $(if $(DATA),--data $(DATA)) --workdir $(WORKDIR) $(ARGS)
+	$(VENV)/bin/stackrnn evaluate $(if $(DATA),--data $(DATA)) --workdir $(WORKDIR)
 
 test: venv
 	$(PY) -m pytest
