@@ -10,6 +10,7 @@ Validation of user input happens here, once; the strategies below trust their in
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -59,7 +60,8 @@ def init_params(key, input_size: int, units: int | Sequence[int], *, cell: str =
 def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str = "post",
                 initial_state=None, return_sequences: bool = False, return_state: bool = False,
                 strategy: str = "scan", unroll: int = 1, dropout: float = 0.0, dropout_rng=None,
-                merge: str = "concat", activation: str = "tanh", compute_dtype=None):
+                merge: str = "concat", activation: str = "tanh", compute_dtype=None,
+                strategy_options: dict | None = None):
     """Run a stacked RNN over a batch of sequences.
 
     Args:
@@ -80,6 +82,8 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       merge: ``"concat"`` or ``"sum"`` of the two directions of a bidirectional layer.
       activation: ``"tanh"`` or ``"relu"`` (the cell's output nonlinearity).
       compute_dtype: e.g. ``jnp.bfloat16`` to compute in a lower precision than the params.
+      strategy_options: keyword arguments for the strategy itself (e.g. ``{"method":
+        "quasi"}`` for ``"parallel"``); None for none.
 
     Returns:
       ``y``: ``(batch, time, out)`` with ``return_sequences``, else ``(batch, out)`` — the
@@ -92,6 +96,8 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
     _check_choice("padding", padding, PADDING_SIDES)
     _check_choice("merge", merge, MERGE_MODES)
     run_stack = get_strategy(strategy)
+    if strategy_options:
+        run_stack = functools.partial(run_stack, **strategy_options)
     if not isinstance(unroll, (int, np.integer)) or isinstance(unroll, bool) or unroll < 1:
         raise ValueError(f"unroll: expected a positive int, got {unroll!r}")
     if not 0.0 <= dropout < 1.0:

@@ -5,7 +5,7 @@ See ``common.py`` for the contract every strategy follows.
 
 from __future__ import annotations
 
-from stackrnn_jax.strategies import auto, fused, loop, scan, scan_vjp, wavefront
+from stackrnn_jax.strategies import auto, fused, loop, parallel, scan, scan_vjp, wavefront
 
 STRATEGIES = {
     "scan": scan.run_stack,
@@ -14,6 +14,8 @@ STRATEGIES = {
     "wavefront": wavefront.run_stack,
     "scan_vjp": scan_vjp.run_stack,
     "scan_vjp_remat": scan_vjp.run_stack_remat,
+    "parallel": parallel.run_stack,
+    "parallel_quasi": parallel.run_stack_quasi,
     "auto": auto.run_stack,
 }
 

@@ -1,0 +1,194 @@
+"""The parallel-in-time (DEER / quasi-DEER) strategy: exact on hard problems, fallback, diagnostics.
+
+``tests/test_stack.py`` already runs "parallel" and "parallel_quasi" through the parity
+matrix on benign weights. Here: recurrent kernels with spectral radius > 1 (Newton slows
+down there; damped variants too), tiny iteration caps (the sequential finish completes
+forward and backward passes), the reported iteration counts, the linear scan, and the
+options' checks. Tiny shapes, float64 except one float32 case; each case compiles one
+function. The benchmark entry's smoke run is marked slow.
+"""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stackrnn_jax import init_params, make_cell, stacked_rnn
+from stackrnn_jax.reference import reference_rnn
+from stackrnn_jax.strategies.linear_scan import linear_recurrence
+from stackrnn_jax.strategies.parallel import Options, parallel_solve
+
+CELLS = ["simple", "lstm", "gru"]
+BATCH, TIME, FEATURES = 3, 12, 4
+LENGTHS = np.array([12, 5, 0])  # full, partial and empty sequences
+# Undamped quasi runs in test_stack.py's matrix ("parallel_quasi", benign weights only).
+OPTIONS = [{"method": "deer"}, {"method": "deer", "damping": 0.9},
+           {"method": "quasi", "damping": 0.9}]
+
+
+def _max_error(ours, theirs):
+    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
+    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+               for a, b in pairs)
+
+
+def _problem(cell, units, radius, seed=0, dtype=jnp.float64):
+    """Weights with every recurrent kernel scaled to spectral radius ``radius``
+    (per gate block), non-zero biases, inputs and an initial state."""
+    key_p, key_x, key_s = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = init_params(key_p, FEATURES, units, cell=cell, dtype=dtype)
+    for layer in params:
+        w = np.asarray(layer["recurrent_kernel"])
+        n = w.shape[0]
+        blocks = [w[:, g * n:(g + 1) * n] for g in range(w.shape[1] // n)]
+        scaled = [radius * b / np.max(np.abs(np.linalg.eigvals(b))) for b in blocks]
+        layer["recurrent_kernel"] = jnp.asarray(np.concatenate(scaled, axis=1), dtype)
+        layer["bias"] = layer["bias"] + 0.1 * jnp.sin(jnp.arange(layer["bias"].size)
+                                                      ).reshape(layer["bias"].shape)
+    x = jax.random.normal(key_x, (BATCH, TIME, FEATURES), dtype)
+    carry = make_cell(cell).carry_size
+    state = [tuple(0.3 * jax.random.normal(k, (BATCH, n), dtype)
+                   for k in jax.random.split(jax.random.fold_in(key_s, i), carry))
+             for i, n in enumerate(units)]
+    state = [s if carry == 2 else s[0] for s in state]
+    return params, x, state
+
+
+def _outputs_and_grads(cell, padding, options_list):
+    """One jit: per options set, (sequences, states) and the gradient of a loss; plus scan's."""
+    def run(params, x, state, lengths):
+        out = []
+        for options in options_list:
+            strategy = "scan" if options is None else "parallel"
+            kw = dict(cell=cell, lengths=lengths, padding=padding, initial_state=state,
+                      strategy=strategy, strategy_options=options)
+
+            def loss(params, x, state):
+                y, states = stacked_rnn(params, x, return_sequences=True, return_state=True,
+                                        **kw)
+                return (jnp.sum(jnp.sin(y)) + sum(jnp.sum(s ** 2) for s in jax.tree.leaves(states)),
+                        (y, states))
+
+            grads, outputs = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, x, state)
+            out.append((outputs, grads))
+        return out
+    return jax.jit(run)
+
+
+@pytest.mark.parametrize("cell, padding", [("simple", "post"), ("lstm", "pre"), ("gru", "post")])
+def test_expanding_weights_are_exact_and_gradients_match_scan(cell, padding):
+    """Spectral radius 2.5: Newton meets expanding dynamics; every variant stays exact."""
+    with jax.enable_x64(True):
+        params, x, state = _problem(cell, [5], radius=2.5)
+        results = _outputs_and_grads(cell, padding, [None] + OPTIONS)(params, x, state, LENGTHS)
+        ref = reference_rnn(params, x, cell=cell, lengths=LENGTHS, padding=padding,
+                            initial_state=state, return_sequences=True, return_state=True)
+        (_, scan_grads) = results[0]
+        for options, (outputs, grads) in zip(OPTIONS, results[1:]):
+            assert _max_error(outputs, ref) < 1e-10, options
+            assert _max_error(grads, scan_grads) < 1e-10, options
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_iteration_cap_falls_back_to_the_exact_recurrence(cell):
+    """Caps of 1 (deer) and 0 (quasi) updates: the sequential finish completes both passes."""
+    with jax.enable_x64(True):
+        params, x, state = _problem(cell, [5], radius=1.2, seed=1)
+        padding = "pre"
+        capped = [{"method": "deer", "max_iters": 1}, {"method": "quasi", "max_iters": 0}]
+        results = _outputs_and_grads(cell, padding, [None] + capped)(params, x, state, LENGTHS)
+        ref = reference_rnn(params, x, cell=cell, lengths=LENGTHS, padding=padding,
+                            initial_state=state, return_sequences=True, return_state=True)
+        for options, (outputs, grads) in zip(capped, results[1:]):
+            assert _max_error(outputs, ref) < 1e-10, options
+            assert _max_error(grads, results[0][1]) < 1e-10, options
+
+
+def test_iterations_are_reported_and_below_the_cap_on_a_benign_problem():
+    with jax.enable_x64(True):
+        cell = make_cell("gru")
+        params, x, _ = _problem("gru", [6], radius=0.9, seed=2)
+        params = params[0]
+        xs = jnp.swapaxes(x, 0, 1)
+        mask = jnp.asarray(np.arange(TIME)[:, None] < LENGTHS[None, :])
+
+        def solve(xs):
+            return [parallel_solve(cell, params, xs, mask, method=m, max_iters=k)
+                    for m, k in (("deer", 32), ("quasi", 32), ("deer", 1))]
+        (deer, deer_k, deer_ok), (quasi, quasi_k, quasi_ok), (_, capped_k, capped_ok) = (
+            jax.jit(solve)(xs))
+        ref = reference_rnn([params], x, cell="gru", lengths=LENGTHS, return_sequences=True)
+        for states, k, ok in ((deer, deer_k, deer_ok), (quasi, quasi_k, quasi_ok)):
+            assert bool(ok) and 1 <= int(k) < 32
+            assert _max_error(jnp.where(mask[..., None], states, 0.0).swapaxes(0, 1), ref) < 1e-10
+        assert int(deer_k) <= int(quasi_k)   # the full Jacobian never needs more updates here
+        assert int(capped_k) == 1 and not bool(capped_ok)
+
+
+def test_linear_recurrence_full_and_diagonal_match_a_loop():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((9, 2, 3, 3))
+        b, x0 = rng.standard_normal((9, 2, 3)), rng.standard_normal((2, 3))
+        ours = jax.jit(lambda a, b, x0: [linear_recurrence(a_t, b, x0) for a_t in (a, a[..., 0])])(
+            a, b, x0)
+        for a_t, apply, x in ((a, lambda m, v: np.einsum("bij,bj->bi", m, v), ours[0]),
+                              (a[..., 0], lambda d, v: d * v, ours[1])):
+            state, expected = x0, []
+            for t in range(9):
+                state = apply(a_t[t], state) + b[t]
+                expected.append(state)
+            assert _max_error(x, np.stack(expected)) < 1e-12
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"method": "newton"}, r"method: expected one of \['auto', 'deer', 'quasi'\]"),
+    ({"init": "random"}, r"init: expected one of \['input', 'zeros'\]"),
+    ({"tol": 0.0}, r"tol: expected a positive float"),
+    ({"max_iters": -1}, r"max_iters: expected an int >= 0"),
+    ({"damping": -1.0}, r"damping: expected a positive float"),
+])
+def test_bad_options_raise_one_clear_value_error(options, message):
+    with pytest.raises(ValueError, match=message):
+        Options(**options)
+
+
+def test_defaults_per_layer():
+    assert Options().for_layer(8, jnp.float32) == Options("deer", 1e-6, 32, None, "input")
+    assert Options().for_layer(128, jnp.float64) == Options("quasi", 1e-13, 128, None, "input")
+    assert Options(method="quasi", damping=2.0).for_layer(4, jnp.bfloat16) == Options(
+        "quasi", 1e-2, 128, 2.0, "input")
+
+
+def test_saturated_float32_dynamics_end_exactly_in_the_sequential_finish():
+    """Radius 8, float32: a Newton update fixes about one step, damped or not, so a cap of
+    12 updates on 48 steps leaves the rest to the sequential finish, which is exact."""
+    cell = make_cell("simple")
+    params = _problem("simple", [5], radius=8.0, seed=3, dtype=jnp.float32)[0][0]
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((48, BATCH, FEATURES)), jnp.float32)
+
+    def solve(xs):
+        scan = stacked_rnn([params], xs.swapaxes(0, 1), return_sequences=True).swapaxes(0, 1)
+        return scan, [parallel_solve(cell, params, xs, method="deer", damping=d, max_iters=12)
+                      for d in (None, 1.0)]
+    scan, results = jax.jit(solve)(xs)
+    for states, iterations, converged in results:
+        assert int(iterations) == 12 and not bool(converged)
+        assert _max_error(states, scan) < 1e-5
+
+
+@pytest.mark.slow
+def test_benchmark_entry_runs_quick(tmp_path):
+    """``python -m bench.parallel --quick``: every variant measured, tables written."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
+    from bench.parallel import main
+
+    result = main(["--quick", "--out", str(tmp_path)])
+    assert [e["status"] for e in result["entries"]] == ["ok", "ok", "ok"]
+    for entry in result["entries"][1:]:
+        assert entry["newton"]["converged"] == [True]
+        assert entry["max_abs_diff_vs_scan"] < 1e-5
+    assert "| 4 | 16 |" in (tmp_path / "tables.md").read_text()
