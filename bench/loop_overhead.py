@@ -1,0 +1,189 @@
+"""Where a recurrent step's time goes: the loop's own overhead against the step's work.
+
+``python -m bench.loop_overhead [--device gpu] [--T 500] [--out DIR]``
+
+A stacked RNN runs ``T`` dependent steps per layer, so on an accelerator each step's
+fixed cost (launching its kernels, the while loop's condition and bookkeeping) can
+dominate the tiny ``(B, H) @ (H, H)`` matmul it contains. On the tutorial workload
+(``B x T`` ids, ``L x SimpleRNN(H)``) this times, per loop iteration:
+
+* ``empty_scan``: ``lax.scan`` of ``h -> h + x_t`` over ``T`` steps — the while loop and
+  one elementwise kernel, the floor of any scan iteration;
+* ``step_scan``: ``lax.scan`` of ``h -> tanh(x_t + h @ W_h)`` — one layer's real step;
+* ``step_scan_grad``: forward and backward of ``step_scan`` (``2 T`` iterations);
+* our forward and train step per strategy (``scan``, ``fused``, ``wavefront``,
+  ``scan_vjp``), divided by their sequential loop iterations (``scan``: ``L T`` forward,
+  ``2 L T`` forward + backward; ``fused``: ``T`` / ``2 T``; ``wavefront``: ``T + L - 1``);
+* PyTorch ``nn.RNN(num_layers=L)`` (cuDNN on a GPU) forward and train step per ``L T``
+  layer-steps, when torch is installed.
+
+``floor_ms`` is the loop iterations times ``empty_scan``'s µs per iteration: what the
+loop alone costs, whatever the step computes. When it exceeds the cuDNN time, no
+XLA-loop schedule with that many iterations can match cuDNN.
+
+Writes ``DIR/loop_overhead.json`` and ``DIR/loop_overhead.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+
+STRATEGIES = ("scan", "fused", "wavefront", "scan_vjp")
+
+
+def _iterations(strategy: str, T: int, L: int) -> tuple[int, int]:
+    """Sequential loop iterations of ``(forward, forward + backward)``."""
+    per_pass = {"scan": L * T, "scan_vjp": L * T, "fused": T, "wavefront": T + L - 1}[strategy]
+    return per_pass, 2 * per_pass
+
+
+def _time(fn, *args, opts) -> float:
+    from bench.timing import block, time_steady
+
+    block(fn(*args))
+    return time_steady(lambda: fn(*args), block, warmup=1, repeats=opts.repeats,
+                       min_repeats=3, budget_s=opts.budget_s)["median_s"]
+
+
+def _primitive_loops(w, device, opts) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.key(0)
+    xs = jax.device_put(jax.random.normal(key, (w.T, w.B, w.H), jnp.float32), device)
+    h0 = jax.device_put(jnp.zeros((w.B, w.H), jnp.float32), device)
+    w_h = jax.device_put(jax.random.orthogonal(key, w.H).astype(jnp.float32), device)
+
+    @jax.jit
+    def empty_scan(h, xs):
+        return jax.lax.scan(lambda h, x: (h + x, None), h, xs)[0]
+
+    def step(h, xs, w_h):
+        return jax.lax.scan(lambda h, x: (jnp.tanh(x + h @ w_h),) * 2, h, xs)[1]
+
+    step_scan = jax.jit(step)
+    step_grad = jax.jit(jax.grad(lambda w_h, h, xs: jnp.sum(step(h, xs, w_h) ** 2)))
+    return {
+        "empty_scan": {"iterations": w.T, "median_s": _time(empty_scan, h0, xs, opts=opts)},
+        "step_scan": {"iterations": w.T, "median_s": _time(step_scan, h0, xs, w_h, opts=opts)},
+        "step_scan_grad": {"iterations": 2 * w.T,
+                           "median_s": _time(step_grad, w_h, h0, xs, opts=opts)},
+    }
+
+
+def _ours(w, device, opts) -> dict:
+    import jax
+    import optax  # noqa: F401 - make_functions needs it
+
+    from bench.workloads import init_model, make_batch, make_functions
+
+    params = jax.device_put(init_model(w), device)
+    ids, labels = (jax.device_put(a, device) for a in make_batch(w))
+    out = {}
+    for strategy in STRATEGIES:
+        forward, train_step, optimizer = make_functions(w, strategy=strategy)
+        opt_state = jax.device_put(optimizer.init(params), device)
+        fwd_iters, train_iters = _iterations(strategy, w.T, w.L)
+        out[strategy] = {
+            "forward": {"iterations": fwd_iters,
+                        "median_s": _time(jax.jit(forward), params, ids, opts=opts)},
+            "train": {"iterations": train_iters,
+                      "median_s": _time(jax.jit(train_step), params, opt_state, ids, labels,
+                                        opts=opts)},
+        }
+    return out
+
+
+def _torch(w, device, opts) -> dict | None:
+    from bench import peers
+    from bench.timing import time_steady
+    from bench.workloads import init_model, make_batch
+
+    if not peers.available("torch")[0]:
+        return None
+    peer = peers.TorchPeer(w, init_model(w), device, opts)
+    ids, labels = make_batch(w)
+    out = {"device": peer.dev}
+    for which, call in (("forward", lambda: peer.forward(ids)),
+                        ("train", lambda: peer.train_step(ids, labels))):
+        peer.sync(call())
+        stats = time_steady(call, peer.sync, warmup=1, repeats=opts.repeats, min_repeats=3,
+                            budget_s=opts.budget_s)
+        out[which] = {"layer_steps": w.L * w.T, "median_s": stats["median_s"]}
+    return out
+
+
+def measure(w, device, opts) -> dict:
+    """All figures for workload ``w`` on ``device`` (see the module docstring)."""
+    loops = _primitive_loops(w, device, opts)
+    per_iter = loops["empty_scan"]["median_s"] / loops["empty_scan"]["iterations"]
+    ours = _ours(w, device, opts)
+    for parts in ours.values():
+        for part in parts.values():
+            part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
+            part["floor_ms"] = 1e3 * per_iter * part["iterations"]
+    for part in loops.values():
+        part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
+    return {"workload": w.as_dict(), "loops": loops, "ours": ours,
+            "torch": _torch(w, device, opts)}
+
+
+def markdown(result: dict) -> str:
+    w = result["workload"]
+    loops, ours, torch = result["loops"], result["ours"], result["torch"]
+    lines = [f"Workload: {w['cell']} T={w['T']} L={w['L']} H={w['H']} B={w['B']} E={w['E']}.",
+             "", "| loop | iterations | ms | µs / iteration |", "|---|---|---|---|"]
+    for name, part in loops.items():
+        lines.append(f"| {name} | {part['iterations']} | {1e3 * part['median_s']:.3f} | "
+                     f"{part['us_per_iteration']:.2f} |")
+    lines += ["", "| strategy | part | loop iterations | ms | µs / iteration | "
+                  "loop floor ms (iterations x empty_scan) |", "|---|---|---|---|---|---|"]
+    for strategy, parts in ours.items():
+        for which, part in parts.items():
+            lines.append(f"| {strategy} | {which} | {part['iterations']} | "
+                         f"{1e3 * part['median_s']:.3f} | {part['us_per_iteration']:.2f} | "
+                         f"{part['floor_ms']:.3f} |")
+    if torch:
+        for which in ("forward", "train"):
+            part = torch[which]
+            lines.append(f"| torch ({torch['device']}) | {which} | {part['layer_steps']} layer-steps | "
+                         f"{1e3 * part['median_s']:.3f} | "
+                         f"{1e6 * part['median_s'] / part['layer_steps']:.2f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    import jax
+
+    from bench.machine import machine_info
+    from bench.workloads import TUTORIAL
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", help="cpu or gpu (default: jax.devices()[0])")
+    parser.add_argument("--T", type=int, default=TUTORIAL.T)
+    parser.add_argument("--L", type=int, default=TUTORIAL.L)
+    parser.add_argument("--B", type=int, default=TUTORIAL.B)
+    parser.add_argument("--H", type=int, default=TUTORIAL.H)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--budget-s", type=float, default=2.0)
+    parser.add_argument("--torch-threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead"))
+    parser.add_argument("--note", default="")
+    opts = parser.parse_args(argv)
+    device = jax.devices(opts.device)[0] if opts.device else jax.devices()[0]
+    w = dataclasses.replace(TUTORIAL, T=opts.T, L=opts.L, B=opts.B, H=opts.H)
+    result = {"schema": "stackrnn-bench-loop-overhead/1",
+              "machine": machine_info(device, opts.note), **measure(w, device, opts)}
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "loop_overhead.json").write_text(json.dumps(result, indent=1, default=float))
+    table = markdown(result)
+    (opts.out / "loop_overhead.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
