@@ -14,7 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-from stackrnn_jax.config import CELLS, DTYPES, PADDING_SIDES, PRESETS, SCHEDULES, TrainConfig
+from stackrnn_jax.config import (CELLS, DTYPES, NONFINITE_POLICIES, PADDING_SIDES, PRESETS,
+                                 SCHEDULES, TrainConfig)
+from stackrnn_jax.interrupts import TrainingInterrupted
 
 PREVIEW_CHARS = 60
 
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=list(PRESETS), help="named recipe (default: tutorial)")
     train.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file of config fields")
     train.add_argument("--overwrite", action="store_true",
-                       help="replace a run with another config in --workdir")
+                       help="start afresh in --workdir (by default a run there with the same "
+                            "config resumes from its latest checkpoint)")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     group = train.add_argument_group("config fields (defaults: the classic Keras tutorial)")
     flag = _field_adder(group, defaults)
@@ -67,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     flag("dtype", choices=DTYPES, help="compute dtype of the recurrence")
     flag("strategy", choices=sorted(STRATEGIES), help="how the timesteps execute")
     flag("unroll", type=int, help="timesteps per loop iteration (scan)")
-    flag("log_every", type=int, help="steps between progress-bar updates")
+    flag("log_every", type=int, help="steps between host syncs: progress bar, NaN/Inf check")
+    flag("checkpoint_every", type=int, help="steps between mid-epoch checkpoints (0: epoch ends only)")
+    flag("keep_checkpoints", type=int, help="latest resumable checkpoints kept")
+    flag("on_nonfinite", choices=NONFINITE_POLICIES, help="on a NaN/Inf loss or gradient")
+    multi = train.add_argument_group("multi-host (jax.distributed; see the README)")
+    multi.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() (TPU pods, SLURM, ... detected by JAX; "
+                            "also implied by $JAX_COORDINATOR_ADDRESS)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    multi.add_argument("--num-processes", type=int, help="processes in the run")
+    multi.add_argument("--process-id", type=int, help="this process's index")
 
     evaluate = commands.add_parser("evaluate", help="test loss and accuracy of a run's best epoch",
                                    description="Evaluate a run's best epoch on the whole IMDB test split.")
@@ -91,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # DataError and RunError are ValueErrors
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as interrupted:
+        print(f"stopped: {interrupted}", file=sys.stderr)
+        return 128 + interrupted.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -99,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> None:
     from stackrnn_jax import config as config_lib
+    from stackrnn_jax import distributed
     from stackrnn_jax.train import train_and_evaluate
 
+    distributed.initialize(args.distributed, coordinator=args.coordinator,
+                           num_processes=args.num_processes, process_id=args.process_id)
     file_values = config_lib.read_config_file(args.config) if args.config else None
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = config_lib.resolve(args.preset, file_values, overrides)

@@ -22,6 +22,7 @@ CELLS = ("simple", "lstm", "gru")
 PADDING_SIDES = ("pre", "post")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,19 +56,24 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype of the recurrence; parameters stay float32
     strategy: str = "scan"
     unroll: int = 1
-    log_every: int = 50  # steps between host syncs for the progress bar
+    log_every: int = 50  # steps between host syncs (progress bar, NaN/Inf check)
+    # Fault tolerance: resumable checkpoints (every epoch, and every N steps when N > 0).
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
+    keep_checkpoints: int = 3  # how many of the latest resumable checkpoints are kept
+    on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" the run, or "skip" the step
 
     def __post_init__(self):
         from stackrnn_jax.strategies import STRATEGIES  # registry read at runtime: it grows
 
         choices = {"cell": CELLS, "padding": PADDING_SIDES, "truncating": PADDING_SIDES,
-                   "dtype": DTYPES, "schedule": SCHEDULES, "strategy": tuple(STRATEGIES)}
+                   "dtype": DTYPES, "schedule": SCHEDULES, "strategy": tuple(STRATEGIES),
+                   "on_nonfinite": NONFINITE_POLICIES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}; "
                                  f"got {getattr(self, name)!r}")
         for name in ("layers", "units", "embed_dim", "maxlen", "batch_size", "epochs",
-                     "unroll", "log_every"):
+                     "unroll", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_words < 4:  # ids 0-2 are reserved (padding, start, unknown)
@@ -79,8 +85,9 @@ class TrainConfig:
             raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
-        if self.clip_norm < 0 or self.warmup_steps < 0:
-            raise ValueError("clip_norm and warmup_steps: expected >= 0 (0 turns them off)")
+        if self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError("clip_norm, warmup_steps and checkpoint_every: expected >= 0 "
+                             "(0 turns them off)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

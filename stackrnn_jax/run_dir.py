@@ -6,7 +6,9 @@ Layout::
     vocab.json       the vocabulary the ids were encoded with
     best.json        {"epoch", "checkpoint", metrics...}: which checkpoint is the best epoch
     checkpoints/epoch_<n>/   orbax checkpoint of the model parameters (nnx.Param state)
+    train_state/<step>/      the latest resumable checkpoints (``checkpoints.TrainCheckpoints``)
     history.json / history.csv / history.png   per-epoch metrics and timings, and their plot
+    .lock            held (``flock``) while a ``train`` runs here
 
 Every file is replaced atomically (written aside, then renamed), and the best
 checkpoint is switched by rewriting ``best.json`` only after the new checkpoint is
@@ -15,7 +17,10 @@ complete, so an interrupted run always leaves a loadable best epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
@@ -28,40 +33,98 @@ from stackrnn_jax.config import TrainConfig
 
 CONFIG, VOCAB, BEST = "config.json", "vocab.json", "best.json"
 HISTORY_JSON, HISTORY_CSV, PLOT = "history.json", "history.csv", "history.png"
-CHECKPOINTS = "checkpoints"
-# Changing these keeps the trained model's meaning, so they do not make a run dir incompatible.
-EXECUTION_FIELDS = ("strategy", "unroll", "log_every")
+CHECKPOINTS, TRAIN_STATE, LOCK = "checkpoints", "train_state", ".lock"
+# Changing these keeps the trained model's meaning, so they do not make a run dir incompatible
+# (a run may be resumed with another strategy or checkpoint cadence).
+EXECUTION_FIELDS = ("strategy", "unroll", "log_every", "checkpoint_every", "keep_checkpoints",
+                    "on_nonfinite")
 
 
 class RunError(ValueError):
     """A work directory is missing, unreadable or holds an incompatible run; one line for the user."""
 
 
-def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False) -> Path:
-    """Create (or reuse) ``workdir`` for training ``config`` and save the config in it.
+def identity(config: TrainConfig) -> dict[str, Any]:
+    """The config fields that define the trained model (all but ``EXECUTION_FIELDS``)."""
+    return {k: v for k, v in config.to_dict().items() if k not in EXECUTION_FIELDS}
 
-    An existing run with a different config (other than ``EXECUTION_FIELDS``), or a
-    non-empty folder that is no run, is refused unless ``overwrite``; then only the
-    files this module writes are removed. A run with the same config is trained anew.
+
+def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False) -> bool:
+    """Get ``workdir`` ready for training ``config``; returns whether a run there can resume.
+
+    A run with the same config (``EXECUTION_FIELDS`` aside) and resumable checkpoints is
+    kept for resuming. An existing run with a different config, or a non-empty folder
+    that is no run, is refused unless ``overwrite``. Otherwise (and with ``overwrite``)
+    only the files this module writes are removed. Hold ``lock(workdir)`` around it.
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise RunError(f"workdir {workdir} exists and is not a directory")
+    resumable = False
     if workdir.is_dir() and not overwrite:
         if (workdir / CONFIG).exists():
             changed = _differences(read_config(workdir), config)
             if changed:
                 raise RunError(f"workdir {workdir} holds a run with another config ({changed}); "
                                "pass --overwrite to replace it, or choose another --workdir")
-        elif any(workdir.iterdir()):
+            resumable = (workdir / TRAIN_STATE).is_dir() and any((workdir / TRAIN_STATE).iterdir())
+        elif any(p.name != LOCK for p in workdir.iterdir()):
             raise RunError(f"workdir {workdir} is not empty and holds no run; "
                            "pass --overwrite to write into it anyway, or choose another --workdir")
-    for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):
-        (workdir / name).unlink(missing_ok=True)
-    shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / CONFIG, config.to_dict())
-    return workdir
+    try:
+        if not resumable:
+            for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):
+                (workdir / name).unlink(missing_ok=True)
+            shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
+            shutil.rmtree(workdir / TRAIN_STATE, ignore_errors=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json(workdir / CONFIG, config.to_dict())  # execution fields may have changed
+    except OSError as error:
+        raise unwritable(workdir, error) from error
+    return resumable
+
+
+@contextlib.contextmanager
+def lock(workdir: str | Path):
+    """Hold an exclusive lock on ``workdir`` (created if needed) while the block runs.
+
+    A second ``train`` on the same work directory is refused rather than allowed to
+    interleave its writes. The lock is an ``flock`` on ``workdir/.lock``: the kernel
+    releases it when the process dies, even by SIGKILL, so no stale lock survives.
+    """
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"workdir {workdir} exists and is not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = open(workdir / LOCK, "a+", encoding="utf-8")
+    except OSError as error:
+        raise unwritable(workdir, error) from error
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunError(f"workdir {workdir} is in use by another `stackrnn train` ({holder}); "
+                           "wait for it to finish or choose another --workdir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield workdir
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def unwritable(path: str | Path, error: OSError) -> RunError:
+    """A RunError that says why ``path`` could not be written and what to do."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        return RunError(f"{path}: no space left on the device while writing; the files written "
+                        "before are intact; free some space and run the same command to resume")
+    return RunError(f"{path}: cannot write there ({reason}); choose a writable --workdir")
 
 
 def read_config(workdir: str | Path) -> TrainConfig:

@@ -8,6 +8,7 @@ summed on the device (``totals``) and read back only every ``log_every`` steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -16,17 +17,28 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from stackrnn_jax import run_dir
+from stackrnn_jax import distributed, run_dir
+from stackrnn_jax.checkpoints import TrainCheckpoints
 from stackrnn_jax.config import TrainConfig
 from stackrnn_jax.data import EncodedSplit, batches, load_encoded, num_batches, split_validation
+from stackrnn_jax.interrupts import StopRequests, TrainingInterrupted
 from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.plots import plot_history
 
-Totals = dict  # {"loss": sum of weighted losses, "correct": weighted hits, "count": sum of weights}
+# Sums over the counted examples, kept on the device between host syncs: "loss" (weighted
+# losses), "correct" (weighted hits), "count" (weights); "nonfinite" (steps whose loss or
+# gradients were NaN/Inf, their update skipped) and "first_nonfinite" (the first such step).
+Totals = dict
+NO_STEP = np.iinfo(np.int32).max
+
+
+class NonFiniteError(ValueError):
+    """The loss or the gradients became NaN/Inf (``on_nonfinite="stop"``); one line for the user."""
 
 
 def create_model(config: TrainConfig, *, seed: int | None = None) -> SentimentClassifier:
@@ -59,7 +71,8 @@ def create_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTra
 
 def zero_totals() -> Totals:
     return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32),
-            "count": jnp.zeros((), jnp.float32)}
+            "count": jnp.zeros((), jnp.float32), "nonfinite": jnp.zeros((), jnp.int32),
+            "first_nonfinite": jnp.full((), NO_STEP, jnp.int32)}
 
 
 def summarize(totals: Totals) -> dict[str, float]:
@@ -83,15 +96,22 @@ def _batch_totals(logits, batch, loss) -> Totals:
             "count": jnp.sum(weights)}
 
 
-def make_train_step(graphdef, config: TrainConfig) -> Callable:
-    """``step(state, totals, batch) -> (state, totals)``, jitted, inputs donated.
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
+    """``step(state, totals, batch, step_index) -> (state, totals)``, jitted, inputs donated.
 
     ``state`` is ``nnx.split((model, optimizer))[1]``; ``batch`` holds ``ids (B, T)``,
     ``lengths (B,)``, ``labels (B,)`` and ``weights (B,)``. Every batch has the same
-    shapes (the last one is padded), so the step is traced once.
+    shapes (the last one is padded), so the step is traced once. A step whose loss or
+    gradients are not finite leaves ``state`` unchanged and is counted in
+    ``totals["nonfinite"]`` (its index in ``"first_nonfinite"``) instead of its metrics.
+    ``replicated``: the sharding of state and totals (data parallelism), or None.
     """
 
-    def step(state, totals, batch):
+    def step(state, totals, batch, step_index):
         model, optimizer = nnx.merge(graphdef, state)
 
         def loss_fn(model):
@@ -100,12 +120,24 @@ def make_train_step(graphdef, config: TrainConfig) -> Callable:
             mean = jnp.sum(losses * batch["weights"]) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
             return mean, (logits, losses)
 
-        (_, (logits, losses)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, (logits, losses)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
         optimizer.update(model, grads)
-        totals = jax.tree.map(jnp.add, totals, _batch_totals(logits, batch, losses))
-        return nnx.split((model, optimizer))[1], totals
+        new_state = nnx.split((model, optimizer))[1]
+        # A bad step must not reach the weights: keep the old state (the RNG advances
+        # either way, so the next step draws new dropout masks).
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old) if
+                                 jnp.issubdtype(new.dtype, jnp.inexact) else new, new_state, state)
+        counted = jax.tree.map(lambda t: jnp.where(finite, t, jnp.zeros_like(t)),
+                               _batch_totals(logits, batch, losses))
+        totals = {**jax.tree.map(jnp.add, {k: totals[k] for k in counted}, counted),
+                  "nonfinite": totals["nonfinite"] + (~finite).astype(jnp.int32),
+                  "first_nonfinite": jnp.where(finite, totals["first_nonfinite"],
+                                               jnp.minimum(totals["first_nonfinite"], step_index))}
+        return new_state, totals
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    shardings = {} if replicated is None else {"out_shardings": (replicated, replicated)}
+    return jax.jit(step, donate_argnums=(0, 1), **shardings)
 
 
 def make_eval_step(graphdef, config: TrainConfig) -> Callable:
@@ -116,7 +148,8 @@ def make_eval_step(graphdef, config: TrainConfig) -> Callable:
         model.eval()
         logits = model_logits(model, batch, config)
         losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"])
-        return jax.tree.map(jnp.add, totals, _batch_totals(logits, batch, losses))
+        counted = _batch_totals(logits, batch, losses)
+        return {**totals, **jax.tree.map(jnp.add, {k: totals[k] for k in counted}, counted)}
 
     return jax.jit(step, donate_argnums=1)
 
@@ -139,45 +172,85 @@ class Timer:
         self._last = now
 
 
-def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig, epoch: int,
-                *, progress: bool = True):
-    """One pass over ``split``: ``(state, metrics, Timer)``.
+class Position:
+    """Where the loop stands: the next ``epoch`` (1-based) and ``batch`` of it, ``step`` (global)."""
 
-    The progress bar and its device->host sync happen every ``log_every`` steps; the
-    wait for the device at a sync is counted as step time, the rest as logging.
+    def __init__(self, epoch: int = 1, batch: int = 0, step: int = 0):
+        self.epoch, self.batch, self.step = epoch, batch, step
+
+
+def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig, epoch: int,
+                *, progress: bool = True, layout: distributed.DataParallel | None = None,
+                start: Position | None = None, totals: Totals | None = None,
+                stop: StopRequests | None = None, on_checkpoint: Callable | None = None):
+    """One pass over ``split`` from ``start.batch``: ``(state, metrics, Timer)``.
+
+    The progress bar and its device->host sync happen every ``log_every`` steps (and
+    before every checkpoint): that is where a NaN/Inf is noticed. ``on_checkpoint(state,
+    totals, position)`` saves a mid-epoch checkpoint every ``config.checkpoint_every``
+    global steps, and when ``stop`` reports a signal, after which ``TrainingInterrupted``
+    is raised. ``metrics`` adds ``"skipped_steps"`` (non-finite steps skipped).
     """
+    layout = layout or distributed.DataParallel(config.batch_size)
+    position = start or Position(epoch)
     total = num_batches(len(split), config.batch_size, drop_remainder=False)
-    bar = tqdm(total=total, desc=f"Epoch {epoch}/{config.epochs}", unit="step", leave=False,
-               disable=None if progress else True, dynamic_ncols=True)
-    totals, timer = zero_totals(), Timer()
+    bar = tqdm(total=total, initial=position.batch, desc=f"Epoch {epoch}/{config.epochs}",
+               unit="step", leave=False, disable=None if progress else True, dynamic_ncols=True)
+    totals, timer = layout.replicate(totals or zero_totals()), Timer()
     data = batches(split, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                   drop_remainder=False)
-    done = 0
-    for index, batch in enumerate(_timed(data, timer), start=1):
-        state, totals = step(state, totals, batch)
+                   drop_remainder=False, start_batch=position.batch)
+    done = position.batch
+    for index, batch in enumerate(_timed(data, timer), start=position.batch + 1):
+        state, totals = step(state, totals, layout.global_batch(batch), np.int32(position.step))
+        position.step, position.batch = position.step + 1, index
         timer.lap("step")
-        if index % config.log_every == 0 or index == total:
+        save = on_checkpoint is not None and index < total and (
+            (config.checkpoint_every and position.step % config.checkpoint_every == 0)
+            or (stop is not None and stop.requested))
+        if index % config.log_every == 0 or index == total or save:
             jax.block_until_ready(totals)
             timer.lap("step")
+            _check_finite(totals, config, epoch)
             running = summarize(totals)
             bar.set_postfix(loss=f"{running['loss']:.4f}", accuracy=f"{running['accuracy']:.4f}",
                             refresh=False)
             bar.update(index - done)
             done = index
             timer.lap("log")
+        if save:
+            on_checkpoint(state, totals, position)
+            timer.lap("log")
+            if stop is not None and stop.requested:
+                bar.close()
+                raise TrainingInterrupted(
+                    f"interrupted (signal {stop.signum}) at epoch {epoch}, step {position.step}; "
+                    "checkpoint saved: run the same command to resume", stop.signum)
     bar.close()
     timer.lap("log")
-    return state, summarize(totals), timer
+    metrics = {**summarize(totals), "skipped_steps": int(jax.device_get(totals["nonfinite"]))}
+    return state, metrics, timer
+
+
+def _check_finite(totals: Totals, config: TrainConfig, epoch: int) -> None:
+    """Raise ``NonFiniteError`` if a step this epoch was not finite and the policy is "stop"."""
+    if config.on_nonfinite == "stop" and int(jax.device_get(totals["nonfinite"])):
+        first = int(jax.device_get(totals["first_nonfinite"]))
+        raise NonFiniteError(
+            f"the loss or gradients became NaN/Inf at step {first + 1} (epoch {epoch}); stopped "
+            "without saving that state: the last good checkpoint is kept. Lower the learning "
+            "rate, set clip_norm, or pass --on-nonfinite skip to skip such steps")
 
 
 def evaluate(step: Callable, model_state, split: EncodedSplit, batch_size: int,
-             timer: Timer | None = None) -> dict[str, float]:
+             timer: Timer | None = None,
+             layout: distributed.DataParallel | None = None) -> dict[str, float]:
     """``{"loss", "accuracy"}`` of ``split``, every example counted once (padded last batch)."""
     timer = timer or Timer()
-    totals = zero_totals()
+    layout = layout or distributed.DataParallel(batch_size)
+    totals = layout.replicate(zero_totals())
     data = batches(split, batch_size, shuffle=False, drop_remainder=False)
     for batch in _timed(data, timer):
-        totals = step(model_state, totals, batch)
+        totals = step(model_state, totals, layout.global_batch(batch))
         timer.lap("step")
     jax.block_until_ready(totals)
     timer.lap("step")
@@ -200,74 +273,145 @@ def _timed(iterable: Iterable, timer: Timer):
 
 
 def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: str | Path,
-        *, progress: bool = True, out=None) -> dict[str, Any]:
+        *, progress: bool = True, out=None, resume: bool = True) -> dict[str, Any]:
     """Train for ``config.epochs`` epochs, keep the best epoch by validation accuracy.
 
     Writes into ``workdir`` (already ``run_dir.prepare``d): the best epoch's parameters,
-    ``history.json``/``.csv`` after every epoch and ``history.png`` at the end.
-    Prints one Keras-style line per epoch to ``out`` (default stdout).
+    resumable checkpoints (``checkpoints.TrainCheckpoints``), ``history.json``/``.csv``
+    after every epoch and ``history.png`` at the end. With ``resume`` it continues from
+    the newest loadable checkpoint there. Prints one Keras-style line per epoch to
+    ``out`` (default stdout; process 0 only).
 
     Returns:
       the history: ``{"config", "epochs": [per-epoch metrics and timings], "best_epoch",
       "best_val_accuracy", "outside_share", ...}``.
+
+    Raises:
+      TrainingInterrupted: after a SIGINT/SIGTERM, once its checkpoint is saved.
+      NonFiniteError: a NaN/Inf with ``on_nonfinite="stop"``.
+      run_dir.RunError: the work directory cannot be written (full disk, permissions).
     """
     out = out or sys.stdout
+    writer = distributed.is_writer()
     workdir = Path(workdir)
+    layout = distributed.DataParallel(config.batch_size)
     steps = num_batches(len(train), config.batch_size, drop_remainder=False)
     model = create_model(config)
     optimizer = nnx.Optimizer(model, create_optimizer(config, steps * config.epochs), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
-    train_step = make_train_step(graphdef, config)
+    state = layout.replicate(state)
+    train_step = make_train_step(graphdef, config, layout.replicated)
     eval_step = make_eval_step(nnx.graphdef(model), config)
+    checkpoints = TrainCheckpoints(workdir, keep=config.keep_checkpoints,
+                                   identity=run_dir.identity(config))
     history: dict[str, Any] = {"config": config.to_dict(), "train_examples": len(train),
                                "val_examples": len(val), "steps_per_epoch": steps,
+                               "devices": layout.devices, "processes": jax.process_count(),
                                "epochs": [], "best_epoch": None, "best_val_accuracy": None}
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        state, metrics, timer = train_epoch(train_step, state, train, config, epoch, progress=progress)
-        train_s = time.perf_counter() - start
-        val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer)
-        row = _epoch_row(epoch, metrics, val_metrics, timer, train_s, time.perf_counter() - start, steps)
-        history["epochs"].append(row)
-        print(f"Epoch {epoch}/{config.epochs} - {row['time_s']:.0f}s - loss: {row['loss']:.4f} - "
-              f"accuracy: {row['accuracy']:.4f} - val_loss: {row['val_loss']:.4f} - "
-              f"val_accuracy: {row['val_accuracy']:.4f}", file=out, flush=True)
-        if history["best_epoch"] is None or row["val_accuracy"] > history["best_val_accuracy"]:
-            history["best_epoch"], history["best_val_accuracy"] = epoch, row["val_accuracy"]
-            run_dir.save_best(workdir, state[0].filter(nnx.Param),
-                              {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")})
-        run_dir.write_history(workdir, _with_totals(history))
+    position, totals = Position(), None
+    restored = checkpoints.restore_latest(state) if resume else None
+    if restored is not None:
+        state, saved = restored
+        history = {**saved["history"], "config": config.to_dict(), "devices": layout.devices,
+                   "processes": jax.process_count()}
+        position = Position(saved["epoch"], saved["batch"], saved["step"])
+        totals = _totals_from_json(saved["totals"]) if saved["totals"] else None
+        if writer and position.epoch > config.epochs:
+            print(f"The run in {workdir} has already trained its {config.epochs} epochs; "
+                  "pass --overwrite to train it again", file=out, flush=True)
+        elif writer:
+            print(f"Resuming from step {position.step} (epoch {position.epoch}, batch "
+                  f"{position.batch} of {steps})", file=out, flush=True)
+
+    def save_checkpoint(state, totals, position: Position) -> None:
+        _write(workdir, checkpoints.save, position.step, state, {
+            "epoch": position.epoch if position.batch < steps else position.epoch + 1,
+            "batch": position.batch if position.batch < steps else 0, "step": position.step,
+            "totals": _totals_to_json(totals) if position.batch < steps else None,
+            "history": history})
+
+    with StopRequests() as stop, contextlib.closing(checkpoints):
+        for epoch in range(position.epoch, config.epochs + 1):
+            start = time.perf_counter()
+            resume_at = position if epoch == position.epoch else Position(epoch, 0, position.step)
+            state, metrics, timer = train_epoch(
+                train_step, state, train, config, epoch, progress=progress and writer,
+                layout=layout, start=resume_at, totals=totals, stop=stop,
+                on_checkpoint=save_checkpoint)
+            position, totals = Position(epoch, steps, resume_at.step), None
+            train_s = time.perf_counter() - start
+            val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer, layout)
+            row = _epoch_row(epoch, metrics, val_metrics, timer, train_s,
+                             time.perf_counter() - start, steps)
+            history["epochs"].append(row)
+            if writer:
+                print(f"Epoch {epoch}/{config.epochs} - {row['time_s']:.0f}s - loss: {row['loss']:.4f} - "
+                      f"accuracy: {row['accuracy']:.4f} - val_loss: {row['val_loss']:.4f} - "
+                      f"val_accuracy: {row['val_accuracy']:.4f}"
+                      + (f" - skipped {row['skipped_steps']} non-finite steps"
+                         if row["skipped_steps"] else ""), file=out, flush=True)
+            if history["best_epoch"] is None or row["val_accuracy"] > history["best_val_accuracy"]:
+                history["best_epoch"], history["best_val_accuracy"] = epoch, row["val_accuracy"]
+                best = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")}
+                _write(workdir, run_dir.save_best, workdir, state[0].filter(nnx.Param), best)
+            if writer:
+                _write(workdir, run_dir.write_history, workdir, _with_totals(history))
+            save_checkpoint(state, None, position)  # the epoch is done: resume at the next
+            position = Position(epoch + 1, 0, position.step)
     history = _with_totals(history)
-    run_dir.write_history(workdir, history)
-    plot_history(history["epochs"], workdir / run_dir.PLOT)
-    print(f"Best epoch: {history['best_epoch']} (val_accuracy {history['best_val_accuracy']:.4f}); "
-          f"{100 * history['outside_share']:.1f}% of the time outside the jitted steps "
-          f"(data {history['data_s']:.1f}s, logging {history['log_s']:.1f}s of "
-          f"{history['time_s']:.0f}s); run saved in {workdir}", file=out, flush=True)
+    if writer:
+        _write(workdir, run_dir.write_history, workdir, history)
+        plot_history(history["epochs"], workdir / run_dir.PLOT)
+        print(f"Best epoch: {history['best_epoch']} (val_accuracy {history['best_val_accuracy']:.4f}); "
+              f"{100 * history['outside_share']:.1f}% of the time outside the jitted steps "
+              f"(data {history['data_s']:.1f}s, logging {history['log_s']:.1f}s of "
+              f"{history['time_s']:.0f}s); run saved in {workdir}", file=out, flush=True)
     return history
+
+
+def _write(workdir: Path, save: Callable, *args) -> None:
+    """``save(*args)``; an OSError (full disk, permissions) becomes one RunError line."""
+    try:
+        save(*args)
+    except OSError as error:
+        raise run_dir.unwritable(workdir, error) from error
+
+
+def _totals_to_json(totals: Totals) -> dict[str, float | int]:
+    """Exact: float32 -> Python float -> float32 round-trips bit for bit."""
+    return {k: v.item() for k, v in jax.device_get(totals).items()}
+
+
+def _totals_from_json(values: dict[str, float | int]) -> Totals:
+    template = zero_totals()
+    return {k: jnp.asarray(values[k], template[k].dtype) for k in template}
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
                        overwrite: bool = False, cache_dir=None, data_dir=None,
                        progress: bool = True, out=None) -> dict[str, Any]:
-    """The whole ``stackrnn train``: prepare ``workdir``, load and split IMDB, ``fit``.
+    """The whole ``stackrnn train``: lock and prepare ``workdir``, load and split IMDB, ``fit``.
 
-    The validation split is held out of the TRAIN reviews (``config.val_fraction``);
-    the test split is never looked at here.
+    A work directory holding a run of the same config with checkpoints is resumed
+    (``overwrite`` starts afresh). The validation split is held out of the TRAIN
+    reviews (``config.val_fraction``); the test split is never looked at here.
     """
-    workdir = run_dir.prepare(workdir, config, overwrite=overwrite)
-    encoded = load_encoded(data, num_words=config.num_words, maxlen=config.maxlen,
-                           padding=config.padding, truncating=config.truncating,
-                           cache_dir=cache_dir, data_dir=data_dir)
-    encoded.vocab.save(workdir / run_dir.VOCAB)
-    train, val = split_validation(encoded.train, config.val_fraction, config.seed)
-    return fit(config, train, val, workdir, progress=progress, out=out)
+    with run_dir.lock(workdir) as workdir:
+        resume = run_dir.prepare(workdir, config, overwrite=overwrite)
+        encoded = load_encoded(data, num_words=config.num_words, maxlen=config.maxlen,
+                               padding=config.padding, truncating=config.truncating,
+                               cache_dir=cache_dir, data_dir=data_dir)
+        if distributed.is_writer():
+            _write(workdir, encoded.vocab.save, workdir / run_dir.VOCAB)
+        train, val = split_validation(encoded.train, config.val_fraction, config.seed)
+        return fit(config, train, val, workdir, progress=progress, out=out, resume=resume)
 
 
 def _epoch_row(epoch, metrics, val_metrics, timer: Timer, train_s, time_s, steps) -> dict:
     seconds = timer.seconds
     return {"epoch": epoch, "loss": metrics["loss"], "accuracy": metrics["accuracy"],
             "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
+            "skipped_steps": metrics["skipped_steps"],
             "time_s": time_s, "train_s": train_s, "steps_per_s": steps / train_s,
             "step_s": seconds["step"], "data_s": seconds["data"], "log_s": seconds["log"],
             "outside_share": (seconds["data"] + seconds["log"]) / time_s}

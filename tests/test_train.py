@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from stackrnn_jax import run_dir
+from stackrnn_jax import distributed, run_dir
 from stackrnn_jax.config import TrainConfig
 from stackrnn_jax.data import EncodedSplit, Vocabulary
 from stackrnn_jax.predict import load_run, predict_proba
@@ -38,7 +38,8 @@ def synthetic_split(n: int, seed: int, maxlen: int = 12) -> EncodedSplit:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small run shared by the tests below: ``(workdir, history, printed lines)``."""
-    workdir = run_dir.prepare(tmp_path_factory.mktemp("run"), CONFIG)
+    workdir = tmp_path_factory.mktemp("run")
+    run_dir.prepare(workdir, CONFIG)
     Vocabulary(CONFIG.num_words, tuple(f"w{i}" for i in range(17))).save(workdir / run_dir.VOCAB)
     lines = []
 
@@ -100,10 +101,13 @@ def test_train_step_traces_once():
     model = create_model(config)
     optimizer = nnx.Optimizer(model, create_optimizer(config, 20), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
-    step = make_train_step(graphdef, config)
+    layout = distributed.DataParallel(config.batch_size)
+    state = layout.replicate(state)
+    step = make_train_step(graphdef, config, layout.replicated)
     split = synthetic_split(100, 2)
     for epoch in (1, 2):
-        state, metrics, timer = train_epoch(step, state, split, config, epoch, progress=False)
+        state, metrics, timer = train_epoch(step, state, split, config, epoch, progress=False,
+                                            layout=layout)
     assert step._cache_size() == 1
     assert timer.seconds["step"] > 0 and np.isfinite(metrics["loss"])
 
