@@ -112,6 +112,7 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
     """
 
     def step(state, totals, batch, step_index):
+        before = jax.tree.leaves(state)  # the arrays: merge's Variables are updated in place
         model, optimizer = nnx.merge(graphdef, state)
 
         def loss_fn(model):
@@ -123,11 +124,12 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
         (loss, (logits, losses)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         optimizer.update(model, grads)
-        new_state = nnx.split((model, optimizer))[1]
-        # A bad step must not reach the weights: keep the old state (the RNG advances
-        # either way, so the next step draws new dropout masks).
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old) if
-                                 jnp.issubdtype(new.dtype, jnp.inexact) else new, new_state, state)
+        after, treedef = jax.tree.flatten(nnx.split((model, optimizer))[1])
+        # A bad step must not reach the weights or Adam's moments: keep the old values
+        # (counters and RNG keys advance either way, so the next step draws new dropout masks).
+        new_state = jax.tree.unflatten(treedef, [
+            jnp.where(finite, new, old) if jnp.issubdtype(new.dtype, jnp.inexact) else new
+            for new, old in zip(after, before, strict=True)])
         counted = jax.tree.map(lambda t: jnp.where(finite, t, jnp.zeros_like(t)),
                                _batch_totals(logits, batch, losses))
         totals = {**jax.tree.map(jnp.add, {k: totals[k] for k in counted}, counted),

@@ -185,3 +185,26 @@ def test_unreadable_archive_is_one_data_error_line(capsys, tmp_path):
     archive.write_text("not a tar archive")
     message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"), "--data", str(archive)])
     assert "not a readable tar archive" in message
+
+
+def test_sigterm_checkpoints_and_the_same_command_resumes(trained, capsys, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from tests.test_resume import inject
+
+    archive, _, _ = trained
+    argv = ["train", "--workdir", str(tmp_path / "run"), "--data", str(archive), *TINY]
+    inject(monkeypatch, 2, 3, lambda batch: (os.kill(os.getpid(), signal.SIGTERM), batch)[1])
+    assert main(argv) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err  # tfds' progress bars come first
+    assert re.search(r"stopped: interrupted \(signal 15\) at epoch 2, step \d+; checkpoint saved: "
+                     r"run the same command to resume\n$", err) and "Traceback" not in err, err
+    monkeypatch.undo()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Resuming from step \d+ \(epoch 2, batch 3 of \d+\)", out)
+    assert [line[:9] for line in out.splitlines() if line.startswith("Epoch")] == ["Epoch 2/3", "Epoch 3/3"]
+    assert main(argv) == 0  # a finished run is reported, not retrained
+    assert "already trained its 3 epochs" in capsys.readouterr().out
+    assert main(["evaluate", "--workdir", str(tmp_path / "run"), "--data", str(archive)]) == 0

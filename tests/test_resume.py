@@ -1,0 +1,254 @@
+"""Never lose a run: checkpoints, exact resume after SIGKILL/SIGTERM, corrupt checkpoints,
+NaN/Inf, determinism, and the work directory's faults (lock, unwritable, disk full)."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from stackrnn_jax import run_dir, train
+from stackrnn_jax.checkpoints import CheckpointError, TrainCheckpoints
+from stackrnn_jax.interrupts import TrainingInterrupted
+from stackrnn_jax.train import NonFiniteError, fit
+from tests.test_train import CONFIG, synthetic_split
+
+# 13 steps per epoch (200 / 16, the last batch padded); dropout exercises the saved RNG state.
+RESUMABLE = CONFIG.replace(dropout=0.2, checkpoint_every=3, keep_checkpoints=3, epochs=3)
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "skipped_steps")
+
+
+def run_fit(workdir, config=RESUMABLE, *, resume=True):
+    run_dir.prepare(workdir, config)
+    return fit(config, synthetic_split(200, 0), synthetic_split(64, 1), workdir,
+               progress=False, out=open(os.devnull, "w"), resume=resume)
+
+
+def final_state(workdir, config=RESUMABLE):
+    """The newest resumable checkpoint's arrays (params, optimizer state, RNG), as NumPy."""
+    from flax import nnx
+
+    model = train.create_model(config)
+    optimizer = nnx.Optimizer(model, train.create_optimizer(config, 39), wrt=nnx.Param)
+    template = nnx.split((model, optimizer))[1]
+    checkpoints = TrainCheckpoints(workdir, keep=config.keep_checkpoints,
+                                   identity=run_dir.identity(config))
+    state, position = checkpoints.restore_latest(template)
+    checkpoints.close()
+    arrays = jax.tree.map(lambda a: np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(
+        a.dtype, jax.dtypes.prng_key) else a), state.to_pure_dict())
+    return arrays, position
+
+
+def assert_same_run(history_a, history_b, workdir_a, workdir_b):
+    for row_a, row_b in zip(history_a["epochs"], history_b["epochs"], strict=True):
+        assert {k: row_a[k] for k in METRICS} == {k: row_b[k] for k in METRICS}
+    assert history_a["best_epoch"] == history_b["best_epoch"]
+    state_a, position_a = final_state(workdir_a)
+    state_b, position_b = final_state(workdir_b)
+    assert position_a["step"] == position_b["step"]
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # bit for bit
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, run_fit(workdir)
+
+
+def inject(monkeypatch, at_epoch, at_batch, action):
+    """Call ``action(batch)`` on the training batch ``at_batch`` (1-based) of ``at_epoch``."""
+    original = train.batches
+
+    def patched(split, batch_size, **options):
+        iterator = original(split, batch_size, **options)
+        if not options.get("shuffle") or options.get("epoch") != at_epoch:
+            return iterator
+        return (action(batch) if index == at_batch else batch
+                for index, batch in enumerate(iterator, start=options.get("start_batch", 0) + 1))
+
+    monkeypatch.setattr(train, "batches", patched)
+
+
+KILLED_CHILD = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from stackrnn_jax import train
+from tests import test_resume
+
+def die(batch):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+original = train.batches
+def patched(split, batch_size, **options):
+    iterator = original(split, batch_size, **options)
+    if options.get("shuffle") and options.get("epoch") == 2:
+        return (die(b) if i == 7 else b for i, b in enumerate(iterator, start=1))
+    return iterator
+train.batches = patched
+test_resume.run_fit({workdir!r})
+"""
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    workdir = tmp_path / "killed"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(root=root, workdir=str(workdir))],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    # Killed at epoch 2, batch 7 (global step 20): the newest step checkpoint is step 18.
+    steps = TrainCheckpoints(workdir, keep=3, identity=run_dir.identity(RESUMABLE)).steps()
+    assert steps[-1] == 18 and 13 in steps
+    assert [row["epoch"] for row in json.loads((workdir / run_dir.HISTORY_JSON).read_text())["epochs"]] == [1]
+    resumed = run_fit(workdir)
+    assert_same_run(uninterrupted[1], resumed, uninterrupted[0], workdir)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(tmp_path, monkeypatch, uninterrupted):
+    workdir = tmp_path / "terminated"
+    inject(monkeypatch, 2, 5, lambda batch: (os.kill(os.getpid(), signal.SIGTERM), batch)[1])
+    with pytest.raises(TrainingInterrupted, match="checkpoint saved") as stopped:
+        run_fit(workdir)
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert final_state(workdir)[1]["step"] == 13 + 5  # saved right after the step in flight
+    monkeypatch.undo()
+    assert_same_run(uninterrupted[1], run_fit(workdir), uninterrupted[0], workdir)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
+    workdir = tmp_path / "corrupt"
+    run_fit(workdir)
+    checkpoints = TrainCheckpoints(workdir, keep=3, identity=run_dir.identity(RESUMABLE))
+    newest = checkpoints.directory / str(checkpoints.steps()[-1])
+    checkpoints.close()
+    for path in (newest / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    with pytest.warns(UserWarning, match="unreadable.*falling back"):
+        _, position = final_state(workdir)
+    assert position["step"] == 36 and position["epoch"] == 3  # step 39's predecessor
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    workdir = tmp_path / "other"
+    run_fit(workdir, RESUMABLE.replace(epochs=1))
+    with pytest.raises(CheckpointError, match="another config.*epochs: 1 -> 3"):
+        final_state(workdir, RESUMABLE)
+    with pytest.raises(run_dir.RunError, match="another config"):
+        run_dir.prepare(workdir, RESUMABLE.replace(units=4))
+
+
+def test_finished_run_is_not_retrained(tmp_path, uninterrupted):
+    workdir, history = uninterrupted
+    again = run_fit(workdir)
+    assert [r["loss"] for r in again["epochs"]] == [r["loss"] for r in history["epochs"]]
+
+
+def test_same_seed_same_config_is_deterministic(tmp_path, uninterrupted):
+    workdir = tmp_path / "again"
+    assert_same_run(uninterrupted[1], run_fit(workdir, resume=False), uninterrupted[0], workdir)
+
+
+def poison(batch):
+    return {**batch, "labels": np.full_like(batch["labels"], np.nan)}
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    workdir = tmp_path / "nan"
+    inject(monkeypatch, 2, 2, poison)  # global step 15
+    with pytest.raises(NonFiniteError, match=r"NaN/Inf at step 15 \(epoch 2\)"):
+        run_fit(workdir)
+    arrays, position = final_state(workdir)
+    assert position["step"] == 13  # the epoch-1 checkpoint; nothing after the bad step
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(arrays) if a.dtype.kind == "f")
+
+
+def test_nan_skip_policy_skips_the_step_and_finishes(tmp_path, monkeypatch):
+    workdir = tmp_path / "skip"
+    inject(monkeypatch, 2, 2, poison)
+    history = run_fit(workdir, RESUMABLE.replace(on_nonfinite="skip"))
+    assert [row["skipped_steps"] for row in history["epochs"]] == [0, 1, 0]
+    assert all(np.isfinite(row["loss"]) for row in history["epochs"])
+    arrays, _ = final_state(workdir, RESUMABLE.replace(on_nonfinite="skip"))
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(arrays) if a.dtype.kind == "f")
+
+
+def test_second_train_on_a_locked_workdir_is_refused(tmp_path):
+    workdir = tmp_path / "locked"
+    run_fit(workdir, RESUMABLE.replace(epochs=1))
+    files = lambda: {p: p.read_bytes() for p in workdir.rglob("*")  # noqa: E731
+                     if p.is_file() and p.name != run_dir.LOCK}
+    before = files()
+    with run_dir.lock(workdir):
+        with pytest.raises(run_dir.RunError, match=r"in use by another `stackrnn train` \(pid \d+\)"):
+            train.train_and_evaluate(RESUMABLE, workdir, data=tmp_path / "never-read")
+    assert files() == before
+
+
+def test_unwritable_workdir_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(run_dir.RunError, match="cannot write there"):
+        train.train_and_evaluate(RESUMABLE, blocker / "run", data=tmp_path / "never-read")
+
+
+def test_disk_full_loses_nothing_and_the_run_resumes(tmp_path, monkeypatch, uninterrupted):
+    workdir = tmp_path / "full"
+    real_write_text, calls = run_dir.write_text, []
+
+    def full_disk(path, text):
+        calls.append(path.name)
+        if path.name == run_dir.HISTORY_JSON and calls.count(run_dir.HISTORY_JSON) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write_text(path, text)
+
+    monkeypatch.setattr(run_dir, "write_text", full_disk)
+    with pytest.raises(run_dir.RunError, match="no space left.*resume"):
+        run_fit(workdir)
+    monkeypatch.undo()
+    saved = json.loads((workdir / run_dir.HISTORY_JSON).read_text())  # the old file, whole
+    assert [row["epoch"] for row in saved["epochs"]] == [1]
+    assert not [p for p in workdir.iterdir() if p.name.endswith(".tmp")]
+    assert_same_run(uninterrupted[1], run_fit(workdir), uninterrupted[0], workdir)
+
+
+DATA_PARALLEL_CHILD = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import jax
+from tests import test_resume
+history = test_resume.run_fit({workdir!r}, test_resume.RESUMABLE.replace(dropout=0.0, epochs=2,
+                              batch_size={batch_size}), resume=False)
+print(json.dumps({{"devices": jax.device_count(),
+                  "losses": [[r[k] for k in test_resume.METRICS] for r in history["epochs"]]}}))
+"""
+
+
+def run_child(tmp_path, name, devices, batch_size=16):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu"}
+    code = DATA_PARALLEL_CHILD.format(root=root, workdir=str(tmp_path / name), batch_size=batch_size)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_eight_devices_train_like_one_for_the_same_global_batch(tmp_path):
+    one, eight = (run_child(tmp_path, f"d{n}", n) for n in (1, 8))
+    assert one.returncode == 0 and eight.returncode == 0, (one.stderr + eight.stderr)[-2000:]
+    one, eight = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (one, eight))
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_global_batch_that_does_not_divide_over_the_devices_is_refused(tmp_path):
+    child = run_child(tmp_path, "uneven", 8, batch_size=12)
+    assert child.returncode != 0
+    assert "batch_size 12 does not divide evenly over the 8 devices" in child.stderr
