@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -62,8 +63,20 @@ class DataParallel:
         self._process_rows = batch_size // jax.process_count()
 
     def replicate(self, tree):
-        """Place every array of ``tree`` on every device (params, optimizer state, totals)."""
-        return jax.device_put(tree, self.replicated)
+        """Place every array of ``tree`` on every device (params, optimizer state, totals).
+
+        Every process holds the same values (same seed, or the same checkpoint); with
+        several processes each one supplies the copies on its own devices.
+        """
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree.map(self._replicate_across_processes, tree)
+
+    def _replicate_across_processes(self, leaf):
+        is_key = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        host = np.asarray(jax.random.key_data(leaf) if is_key else leaf)
+        array = jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
+        return jax.random.wrap_key_data(array, impl=jax.random.key_impl(leaf)) if is_key else array
 
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """The global batch as arrays sharded over ``"data"``, from this process's rows.

@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from stackrnn_jax.config import TrainConfig
 
 CONFIG, VOCAB, BEST = "config.json", "vocab.json", "best.json"
@@ -71,6 +73,8 @@ def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False
         elif any(p.name != LOCK for p in workdir.iterdir()):
             raise RunError(f"workdir {workdir} is not empty and holds no run; "
                            "pass --overwrite to write into it anyway, or choose another --workdir")
+    if jax.process_index() != 0:  # multi-host: process 0 prepares, the others wait for it
+        return resumable
     try:
         if not resumable:
             for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):
@@ -95,6 +99,9 @@ def lock(workdir: str | Path):
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise RunError(f"workdir {workdir} exists and is not a directory")
+    if jax.process_index() != 0:  # multi-host: process 0 holds the lock for the whole run
+        yield workdir
+        return
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         handle = open(workdir / LOCK, "a+", encoding="utf-8")
@@ -163,6 +170,8 @@ def save_best(workdir: str | Path, params, info: dict[str, Any]) -> None:
     with ocp.StandardCheckpointer() as checkpointer:  # writes aside, renames when complete
         checkpointer.save(target, params)
         checkpointer.wait_until_finished()
+    if jax.process_index() != 0:  # the orbax save above is collective; the rest is process 0's
+        return
     previous = _read_best(workdir) if (workdir / BEST).exists() else None
     write_json(workdir / BEST, {**info, "checkpoint": name})
     if previous and previous["checkpoint"] != name:

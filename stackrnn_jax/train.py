@@ -400,6 +400,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
     """
     with run_dir.lock(workdir) as workdir:
         resume = run_dir.prepare(workdir, config, overwrite=overwrite)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("stackrnn_jax: workdir prepared")
         encoded = load_encoded(data, num_words=config.num_words, maxlen=config.maxlen,
                                padding=config.padding, truncating=config.truncating,
                                cache_dir=cache_dir, data_dir=data_dir)

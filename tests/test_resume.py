@@ -252,3 +252,50 @@ def test_global_batch_that_does_not_divide_over_the_devices_is_refused(tmp_path)
     child = run_child(tmp_path, "uneven", 8, batch_size=12)
     assert child.returncode != 0
     assert "batch_size 12 does not divide evenly over the 8 devices" in child.stderr
+
+
+TWO_PROCESS_CHILD = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from stackrnn_jax import distributed, run_dir, train
+distributed.initialize(coordinator="localhost:{port}", num_processes=2, process_id={process})
+from tests import test_resume
+config = test_resume.RESUMABLE.replace(dropout=0.0, epochs=2)
+with run_dir.lock({workdir!r}):
+    run_dir.prepare({workdir!r}, config)
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("prepared")
+    history = train.fit(config, test_resume.synthetic_split(200, 0), test_resume.synthetic_split(64, 1),
+                        {workdir!r}, progress=False, resume=False)
+print(json.dumps({{"processes": jax.process_count(), "devices": jax.device_count(),
+                  "losses": [[r[k] for k in test_resume.METRICS] for r in history["epochs"]]}}))
+"""
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """Multi-host on one machine: two CPU processes joined by jax.distributed (gloo)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    children = [subprocess.Popen(
+        [sys.executable, "-c", TWO_PROCESS_CHILD.format(root=root, port=port, process=p,
+                                                        workdir=str(tmp_path / "shared"))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for p in (0, 1)]
+    outputs = [child.communicate(timeout=300) for child in children]
+    for child, (_, err) in zip(children, outputs):
+        assert child.returncode == 0, err[-2000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [(r["processes"], r["devices"]) for r in results] == [(2, 2), (2, 2)]
+    single = run_child(tmp_path, "single", 1)
+    single = json.loads(single.stdout.strip().splitlines()[-1])
+    for result in results:
+        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
+    assert "Epoch 1/2" in outputs[0][0] and "Epoch 1/2" not in outputs[1][0]  # process 0 logs
+    assert (tmp_path / "shared" / run_dir.PLOT).is_file()
