@@ -27,11 +27,16 @@ def initialize(enabled: bool = False, *, coordinator: str | None = None,
     """Join a multi-process run if asked; returns whether one was joined.
 
     Asked means ``enabled`` (TPU pods, SLURM and other clusters JAX detects on its own),
-    an explicit ``coordinator``, or ``JAX_COORDINATOR_ADDRESS`` in the environment.
+    an explicit ``coordinator``, or ``JAX_COORDINATOR_ADDRESS`` in the environment;
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` stand in for the two counts.
     Must run before anything touches a device.
     """
     if not (enabled or coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         return False
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     return True
