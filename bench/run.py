@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.set_num_threads for the PyTorch peer (default 0: torch's default)")
     p.add_argument("--loop-max-T", type=int, default=200,
                    help="skip the unrolled 'loop' strategy above this T (compile time; default 200)")
+    p.add_argument("--parallel-max-T", type=int, default=200,
+                   help="skip the parallel-in-time strategies (parallel, parallel_quasi) above this T "
+                        "(default 200; their T curve is `python -m bench.parallel`)")
     p.add_argument("--T-values", type=_int_list, default=None, help="T sweep values")
     p.add_argument("--L-values", type=_int_list, default=None, help="L sweep values")
     p.add_argument("--H-values", type=_int_list, default=None, help="H sweep values")
@@ -149,6 +152,7 @@ def main(argv=None) -> dict:
                    "sweeps": args.sweeps, "repeats": args.repeats,
                    "min_repeats": args.min_repeats, "warmup": args.warmup,
                    "budget_s": args.budget_s, "loop_max_T": args.loop_max_T,
+                   "parallel_max_T": args.parallel_max_T,
                    "registry": st.registry_names(), "variants": [v.name for v in variants],
                    "peers": args.peer_list, "tutorial": base.as_dict(),
                    "flops": "analytic matmul FLOPs: per layer 2*B*T*(in*G*H + H*G*H), + Dense; "

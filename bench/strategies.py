@@ -187,6 +187,11 @@ def run_variant(variant: Variant, w, device, opts, scan_logits: dict) -> dict:
                      note=f"loop compiles in time ~linear in T; skipped above T={opts.loop_max_T} "
                           "(--loop-max-T)")
         return entry
+    if variant.strategy.startswith("parallel") and w.T > getattr(opts, "parallel_max_T", w.T):
+        entry.update(status="skipped",
+                     note=f"parallel-in-time strategies skipped above T={opts.parallel_max_T} "
+                          "(--parallel-max-T); their T curve is `python -m bench.parallel`")
+        return entry
 
     entry["check"] = check_variant(variant, w, device)
     forward, train_step, optimizer = make_functions(w, strategy=variant.strategy,
