@@ -249,7 +249,7 @@ def evaluate(step: Callable, model_state, split: EncodedSplit, batch_size: int,
     """``{"loss", "accuracy"}`` of ``split``, every example counted once (padded last batch)."""
     timer = timer or Timer()
     layout = layout or distributed.DataParallel(batch_size)
-    totals = layout.replicate(zero_totals())
+    model_state, totals = layout.replicate((model_state, zero_totals()))
     data = batches(split, batch_size, shuffle=False, drop_remainder=False)
     for batch in _timed(data, timer):
         totals = step(model_state, totals, layout.global_batch(batch))

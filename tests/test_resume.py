@@ -226,7 +226,15 @@ import jax
 from tests import test_resume
 history = test_resume.run_fit({workdir!r}, test_resume.RESUMABLE.replace(dropout=0.0, epochs=2,
                               batch_size={batch_size}), resume=False)
-print(json.dumps({{"devices": jax.device_count(),
+from flax import nnx
+from stackrnn_jax import run_dir, train
+model = train.create_model(test_resume.RESUMABLE)
+params, _ = run_dir.restore_best({workdir!r}, nnx.state(model, nnx.Param))  # unsharded, as predict.py
+nnx.update(model, params)
+graphdef, state = nnx.split(model)
+best = train.evaluate(train.make_eval_step(graphdef, test_resume.RESUMABLE), state,
+                      test_resume.synthetic_split(64, 1), {batch_size})
+print(json.dumps({{"devices": jax.device_count(), "best": [best["loss"], best["accuracy"]],
                   "losses": [[r[k] for k in test_resume.METRICS] for r in history["epochs"]]}}))
 """
 
@@ -246,6 +254,7 @@ def test_eight_devices_train_like_one_for_the_same_global_batch(tmp_path):
     one, eight = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (one, eight))
     assert (one["devices"], eight["devices"]) == (1, 8)
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eight["best"], one["best"], rtol=1e-5, atol=1e-6)
 
 
 def test_global_batch_that_does_not_divide_over_the_devices_is_refused(tmp_path):
