@@ -76,7 +76,8 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       return_sequences: return the top layer's outputs at every step, not only the last.
       return_state: also return the final state of every layer.
       strategy: how the steps execute (``strategies.STRATEGIES``); all give the same numbers.
-      unroll: timesteps per loop iteration for ``"scan"``.
+      unroll: timesteps per loop iteration for ``"scan"``; with ``"auto"``, the default 1
+        lets the chosen rule set it (``auto.RULES``: scan at 16 on a GPU where measured).
       dropout, dropout_rng: dropout rate on the inputs of layers 2..L; applied only when a
         ``dropout_rng`` key is given (training).
       merge: ``"concat"`` or ``"sum"`` of the two directions of a bidirectional layer.

@@ -181,14 +181,144 @@ def test_recurrent_split_is_the_cell_step(cell):
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
 def test_auto_picks_a_registered_strategy_and_explains_it(backend):
-    for time in (1, 50, 500, 5000):
-        for batch in (1, 32, 512):
-            for units in ([8], [64, 64], [64] * 4, [64, 32, 64], [64] * 8, [256, 256], [1024] * 3):
-                strategy, rule = auto.choose(backend, len(units), time, batch, units)
-                assert strategy in STRATEGIES and strategy != "auto"
-                text = auto.explain_auto(time=time, batch=batch, units=units, backend=backend)
-                assert repr(strategy) in text and backend in text
-                assert (rule.why if rule else "no measured rule") in text
+    for time in (1, 50, 100, 500, 1024, 5000, 16384, 100_000):
+        for batch in (1, 16, 32, 512):
+            for units in ([8], [64], [64, 64], [64] * 4, [64, 32, 64], [64] * 8, [256, 256],
+                          [1024] * 3):
+                for cell in CELLS:
+                    strategy, rule = auto.choose(backend, len(units), time, batch, units, cell)
+                    assert strategy in STRATEGIES and strategy != "auto"
+                    if backend != "gpu":     # the parallel rules are GPU-only
+                        assert not strategy.startswith("parallel")
+                    text = auto.explain_auto(time=time, batch=batch, units=units,
+                                             backend=backend, cell=cell)
+                    assert repr(strategy) in text and backend in text and cell in text
+                    assert (rule.why if rule else "no measured rule") in text
+                    unroll = auto.rule_unroll(rule, 1)
+                    assert (f"(unroll {unroll})" in text.split(" for backend")[0]) == (unroll != 1)
+
+
+def test_explain_auto_defaults_to_the_simple_cell():
+    kw = dict(time=500, batch=32, units=[64, 64], backend="gpu")
+    assert auto.explain_auto(**kw) == auto.explain_auto(**kw, cell="simple")
+
+
+# (cell, units, time, batch) -> (strategy, unroll run when the caller's unroll is 1):
+# the GPU rules at their measured shapes, and next to them the fallback.
+GPU_CHOICES = [
+    (("simple", [64, 64], 500, 32), ("scan", 16)),            # the tutorial workload
+    (("simple", [64], 100, 32), ("scan", 16)),
+    (("simple", [64, 64], 2000, 32), ("scan", 16)),
+    (("simple", [64, 32, 64, 64], 500, 32), ("scan", 16)),    # unequal widths: no wavefront
+    (("simple", [64] * 4, 500, 32), ("wavefront", 1)),
+    (("simple", [64] * 8, 500, 32), ("wavefront", 1)),
+    (("gru", [64], 16384, 16), ("parallel_quasi", 1)),
+    (("lstm", [64], 16384, 16), ("parallel_quasi", 1)),
+    (("simple", [8], 1024, 16), ("parallel", 1)),
+    (("simple", [8], 65536, 16), ("parallel", 1)),
+    (("simple", [64], 16384, 16), ("scan", 1)),               # deer's 1.27x: no rule
+    (("gru", [64], 16384, 32), ("scan", 1)),                  # batch above the measured 16
+    (("gru", [64, 64], 16384, 16), ("scan", 1)),              # stacks not measured
+    (("lstm", [64, 64], 500, 32), ("scan", 1)),               # gated cells: scan/u16 not measured
+    (("simple", [256, 256], 500, 32), ("scan", 1)),           # wider than measured
+    (("simple", [64, 64], 50, 32), ("scan", 1)),              # shorter than measured
+]
+
+
+@pytest.mark.parametrize("problem, expected", GPU_CHOICES)
+def test_auto_gpu_rules(problem, expected):
+    cell, units, time, batch = problem
+    strategy, rule = auto.choose("gpu", len(units), time, batch, units, cell)
+    assert (strategy, auto.rule_unroll(rule, 1)) == expected
+    assert auto.rule_unroll(rule, 4) == 4                     # the caller's own unroll is kept
+    text = auto.explain_auto(time=time, batch=batch, units=units, backend="gpu", cell=cell)
+    if rule is None:
+        assert "no measured rule" in text
+    else:
+        assert "H100" in text and rule.why in text
+    # The same problem on the CPU never runs a GPU rule.
+    cpu_strategy, cpu_rule = auto.choose("cpu", len(units), time, batch, units, cell)
+    assert cpu_rule is None or "cpu" in cpu_rule.backends
+    assert not cpu_strategy.startswith("parallel")
+
+
+def test_auto_gpu_rules_quote_their_numbers():
+    texts = {(rule.strategy, rule.unroll): rule.why for rule in auto.RULES
+             if rule.backends == ("gpu",)}
+    assert "7.19 vs 16.26 ms" in texts["scan", 16]
+    assert "15.45 vs 67.34 ms" in texts["wavefront", None]
+    assert "9.4 vs scan 163.2 ms" in texts["parallel_quasi", None]
+    assert "(47.8x)" in texts["parallel", None]
+
+
+@pytest.mark.parametrize("cell, units, time, batch, caller_unroll, expected", [
+    ("simple", [64, 64], 500, 32, 1, ("scan", 16)),
+    ("simple", [64, 64], 500, 32, 4, ("scan", 4)),
+    ("simple", [64] * 4, 500, 32, 1, ("wavefront", 1)),
+    ("gru", [64], 16384, 16, 1, ("parallel_quasi", 1)),
+    ("simple", [8], 2048, 16, 1, ("parallel", 1)),
+])
+def test_auto_runs_the_rule_strategy_with_its_unroll(monkeypatch, cell, units, time, batch,
+                                                     caller_unroll, expected):
+    """``auto.run_stack`` on a GPU backend calls the chosen strategy with the rule's unroll."""
+    calls = []
+
+    def spy(name):
+        def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
+            calls.append((name, unroll))
+            return "ys", "finals"
+        return run_stack
+
+    for name in STRATEGIES:
+        if name != "auto":
+            monkeypatch.setitem(STRATEGIES, name, spy(name))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    the_cell = make_cell(cell)
+    layers = [{"recurrent_kernel": np.zeros((n, the_cell.gates * n), np.float32)}
+              for n in units]
+    xs = np.zeros((time, batch, 1), np.float32)
+    assert auto.run_stack(the_cell, layers, xs, None, [None] * len(units), [None] * len(units),
+                          unroll=caller_unroll) == ("ys", "finals")
+    assert calls == [expected]
+
+
+@pytest.mark.parametrize("cell, units, time", [
+    ("simple", [3, 3], 100),          # scan, unroll 16 (100 is not a multiple of 16)
+    ("simple", [3] * 4, 100),         # wavefront
+    ("simple", [3], 1024),            # parallel (DEER)
+])
+def test_auto_gpu_choices_match_reference(monkeypatch, cell, units, time):
+    """What the GPU rules run gives the reference's numbers (float64, on this CPU)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    strategy, rule = auto.choose("gpu", len(units), time, 2, units, cell)
+    assert rule is not None and rule.backends == ("gpu",)
+    calls, run = [], STRATEGIES[strategy]
+
+    def recorded(*args, unroll=1):
+        calls.append(unroll)
+        return run(*args, unroll=unroll)
+
+    monkeypatch.setitem(STRATEGIES, strategy, recorded)
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        params = stack_init(rng, cell, units)
+        x = jnp.asarray(rng.standard_normal((2, time, FEATURES)), jnp.float64)
+        lengths = np.array([time, time // 3])
+        kw = dict(cell=cell, lengths=lengths, padding="pre", return_sequences=True)
+        ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="auto", **kw))(params, x)
+        assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-9
+    assert calls == [auto.rule_unroll(rule, 1)]
+
+
+def stack_init(rng, cell, units):
+    """Small-norm weights (a contracting recurrence, as a trained model's)."""
+    gates, params, width = make_cell(cell).gates, [], FEATURES
+    for n in units:
+        params.append({"kernel": jnp.asarray(0.3 * rng.standard_normal((width, gates * n))),
+                       "recurrent_kernel": jnp.asarray(0.3 * rng.standard_normal((n, gates * n))),
+                       "bias": jnp.asarray(0.1 * rng.standard_normal(gates * n))})
+        width = n
+    return params
 
 
 def test_auto_rules_name_registered_strategies():
