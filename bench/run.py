@@ -48,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.set_num_threads for the PyTorch peer (default 0: torch's default)")
     p.add_argument("--loop-max-T", type=int, default=200,
                    help="skip the unrolled 'loop' strategy above this T (compile time; default 200)")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="'keep' (default): raise glibc's mmap/trim thresholds for the whole process "
+                        "(ours and the peers alike), as the stackrnn command does "
+                        "(stackrnn_jax/allocator.py); 'default': glibc's own behaviour")
     p.add_argument("--parallel-max-T", type=int, default=200,
                    help="skip the parallel-in-time strategies (parallel, parallel_quasi) above this T "
                         "(default 200; their T curve is `python -m bench.parallel`)")
@@ -130,6 +134,8 @@ def _summary_line(e: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from stackrnn_jax.allocator import keep_freed_memory
+    malloc_kept = args.malloc == "keep" and keep_freed_memory()
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import jax
     import numpy as np
@@ -153,6 +159,7 @@ def main(argv=None) -> dict:
                    "min_repeats": args.min_repeats, "warmup": args.warmup,
                    "budget_s": args.budget_s, "loop_max_T": args.loop_max_T,
                    "parallel_max_T": args.parallel_max_T,
+                   "malloc_keep_freed_memory": malloc_kept,
                    "registry": st.registry_names(), "variants": [v.name for v in variants],
                    "peers": args.peer_list, "tutorial": base.as_dict(),
                    "flops": "analytic matmul FLOPs: per layer 2*B*T*(in*G*H + H*G*H), + Dense; "

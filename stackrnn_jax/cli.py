@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; the exit status is 0 on success."""
+    from stackrnn_jax.allocator import keep_freed_memory
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # ~25-35% faster CPU train steps (see allocator.py)
     try:
         args.run(args)
     except (ValueError, OSError) as error:  # DataError and RunError are ValueErrors
