@@ -59,6 +59,9 @@ class Rule:
 # value_and_grad, float32), median of 9-15 interleaved runs, batch 32, input 32, T 500
 # unless noted.
 _CPU = "CPU: 2-core AMD EPYC VM (shared), jax 0.10.2"
+# The benchmark suite (python -m bench.run --malloc keep, the stackrnn command's allocator
+# setting), one quiet run of scan, fused, wavefront and scan_vjp side by side.
+_CPU_KEEP = "CPU: 2-core AMD EPYC VM, jax 0.10.2, bench.run with --malloc keep"
 
 # The GPU pass (scripts/gpu_check.sh; files in bench/results/gpu/): the benchmark suite's
 # model Embedding(32) -> L x RNN(H) -> Dense(1), float32, median of timed calls. Only the
@@ -69,19 +72,21 @@ _CPU = "CPU: 2-core AMD EPYC VM (shared), jax 0.10.2"
 _GPU = "GPU: NVIDIA H100 80GB HBM3, jax 0.11.2"
 
 RULES: tuple[Rule, ...] = (
+    Rule("scan_vjp", backends=("cpu",), cells=("simple",),
+         why=f"SimpleRNN: the hand-scheduled backward pass carries only the state cotangent "
+             f"and forms the weight gradients after the loop as single large matmuls; "
+             f"benchmark-suite train steps, T 500, batch 32, side by side: 2x64 35.4 ms vs "
+             f"scan 38.5 vs fused 40.4, 1x64 16.2 vs 17.6 vs 17.6, 4x64 82.5 vs 105.8 vs "
+             f"82.8, 8x64 178 vs 180 vs 217, 2x32 15.6 vs 19.4 vs 20.8, 2x128 100 vs 126 vs "
+             f"112, 2x256 281 vs 339 vs 362 [{_CPU_KEEP}]"),
     Rule("scan_vjp", backends=("cpu",), units=(128, UNBOUNDED),
          why=f"wide layers: the weight gradients leave the loop as one large matmul; "
-             f"2x256 SimpleRNN scan_vjp 372 ms vs scan 458 ms, 2x128 172 vs 191 ms, "
              f"2x256 LSTM (T 200) 860 vs 936 ms, 2x256 GRU (T 200) 671 vs 732 ms [{_CPU}]"),
-    Rule("wavefront", backends=("cpu",), layers=(8, UNBOUNDED), units=(1, 127),
-         equal_widths=True,
-         why=f"deep narrow stack of one width: T+L-1 steps of batched layer updates; "
-             f"8x64 SimpleRNN wavefront 214 ms vs fused 241 ms vs scan 254 ms; a second "
-             f"run 269 vs 264 vs 328 ms wall but 216 vs 239 vs 257 ms of CPU time [{_CPU}]"),
     Rule("fused", backends=("cpu",), layers=(2, UNBOUNDED), units=(1, 127),
-         why=f"narrow stacked layers: one loop over time for all layers (fewer, fuller "
-             f"iterations); 2x64 SimpleRNN fused 55 ms vs scan 72 ms, 4x64 120 vs 126 ms, "
-             f"2x64 LSTM 203 vs 219 ms, 4x64 LSTM 425 vs 453 ms [{_CPU}]"),
+         why=f"narrow stacked gated layers: one loop over time for all layers (fewer, "
+             f"fuller iterations); benchmark-suite train steps, 2x64, T 500, batch 32: GRU "
+             f"fused 137 ms vs scan 146 vs scan_vjp 166, LSTM 171 vs 175 vs 180 "
+             f"[{_CPU_KEEP}]; by hand, 4x64 LSTM 425 vs 453 ms [{_CPU}]"),
     Rule("parallel_quasi", backends=("gpu",), cells=("gru", "lstm"), layers=(1, 1),
          time=(16384, 65536), batch=(1, 16), units=(64, 64),
          why=f"long sequence, one gated layer: quasi-DEER (diagonal-Jacobian Newton, "
