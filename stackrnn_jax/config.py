@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     # Execution: how the same numbers are computed.
     dtype: str = "float32"  # compute dtype of the recurrence; parameters stay float32
-    strategy: str = "scan"
+    strategy: str = "auto"  # the measured-fastest strategy for the backend and shape (auto.RULES)
     unroll: int = 1
     log_every: int = 50  # steps between host syncs (progress bar, NaN/Inf check)
     # Fault tolerance: resumable checkpoints (every epoch, and every N steps when N > 0).
