@@ -165,6 +165,32 @@ def test_custom_vjp_numerical_gradient(cell, strategy):
         check_grads(f, (params, x, state), order=1, modes=["rev"])
 
 
+@pytest.mark.parametrize("strategy", ["scan_vjp", "scan_vjp_remat"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_simple_backward_from_outputs_equals_scan(activation, padding, strategy):
+    """The SimpleRNN backward that reads act' off the stored outputs, masks and states included."""
+    with jax.enable_x64(True):
+        params, x, state = _problem("simple", [4, 3], initial=True)
+
+        def loss(strategy):
+            def f(params, x, state):
+                y, states = stacked_rnn(params, x, cell="simple", activation=activation,
+                                        lengths=LENGTHS, padding=padding, initial_state=state,
+                                        return_sequences=True, return_state=True,
+                                        strategy=strategy)
+                return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(s)) for s in states)
+            return jax.jit(jax.grad(f, argnums=(0, 1, 2)))
+
+        got, want = loss(strategy)(params, x, state), loss("scan")(params, x, state)
+        errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), got, want)
+        assert max(jax.tree.leaves(errors)) < 1e-10
+        check_grads(lambda p, x, s: stacked_rnn(p, x, cell="simple", activation=activation,
+                                                lengths=LENGTHS, padding=padding,
+                                                initial_state=s, strategy=strategy),
+                    (params, x, state), order=1, modes=["rev"])
+
+
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru", "gru-reset-before"])
 def test_recurrent_split_is_the_cell_step(cell):
     with jax.enable_x64(True):

@@ -16,6 +16,10 @@ backward loop's only matmul is ``du_t W_h^T``. ``"scan_vjp_remat"`` stores only 
 carries and recomputes ``u_t`` (and the gates) in the backward loop: one more matmul per
 step for ``gates*units`` fewer stored numbers per step and row.
 
+A SimpleRNN (tanh or relu) needs neither: ``act'`` is read off the stored output
+``h_t`` (``1 - h_t^2`` or ``h_t > 0``), so both variants store only the states and the
+backward step is one elementwise product and ``da W_h^T`` (``_simple_bwd``).
+
 Masked steps hold the carry and emit zeros, so their state cotangent passes through
 unchanged and their ``d(xw_t)`` and ``du_t`` are zero. Forward-mode differentiation
 (``jax.jvp``) of a ``custom_vjp`` function is not supported by JAX; use "scan" for it.
@@ -61,14 +65,54 @@ def _recurrence(cell, unroll, remat, params, carry, xw, mask):
     return _scan_forward(cell, unroll, remat, params, carry, xw, mask)[0]
 
 
+# The SimpleRNN's activation derivative from its output h = act(a): no recomputation of
+# the step in the backward loop, and no u_t stored in the forward one.
+_DERIVATIVE_FROM_OUTPUT = {"tanh": lambda h: 1.0 - h * h,
+                           "relu": lambda h: (h > 0).astype(h.dtype)}
+
+
+def _output_derivative_cell(cell) -> bool:
+    return cell.name == "simple" and cell.activation in _DERIVATIVE_FROM_OUTPUT
+
+
 def _recurrence_fwd(cell, unroll, remat, params, carry, xw, mask):
-    outputs, per_step = _scan_forward(cell, unroll, remat, params, carry, xw, mask)
-    return outputs, (params, xw, mask, per_step)
+    stores_u = not remat and not _output_derivative_cell(cell)
+    outputs, per_step = _scan_forward(cell, unroll, not stores_u, params, carry, xw, mask)
+    return outputs, (params, xw, mask, per_step, outputs[1])
+
+
+def _simple_bwd(cell, unroll, params, carries, final, mask, dys, dfinal):
+    """SimpleRNN backward from stored states only: ``(dparams, dcarry0, dxw)``.
+
+    Per step ``da = (dh + dy_t) * act'(h_t)`` (``act'`` read off ``h_t``), ``dh_{t-1} = da
+    W_h^T``; a masked step passes ``dh`` through and has ``da = 0``. ``d(xw) = da`` and
+    ``dW_h = H_prev^T dA`` as one matmul after the loop.
+    """
+    (h_prev,), w_h = carries, params["recurrent_kernel"]
+    h_next = jnp.concatenate([h_prev[1:], final[0][None]], axis=0)  # h_t; any value where masked
+    derivative = _DERIVATIVE_FROM_OUTPUT[cell.activation]
+
+    def body(dh, inputs):
+        h_t, m_t, dy_t = inputs
+        da = (dh + dy_t) * derivative(h_t)
+        back = da @ w_h.T
+        if m_t is not None:
+            da = jnp.where(m_t, da, jnp.zeros_like(da))
+            back = jnp.where(m_t, back, dh)
+        return back, da
+
+    dh0, da = jax.lax.scan(body, dfinal[0], (h_next, mask, dys), reverse=True, unroll=unroll)
+    rows = da.reshape(-1, da.shape[-1])
+    dparams = {"recurrent_kernel": h_prev.reshape(-1, h_prev.shape[-1]).T @ rows}
+    return dparams, (dh0,), da
 
 
 def _recurrence_bwd(cell, unroll, remat, residuals, cotangents):
-    params, xw, mask, (carries, us) = residuals
+    params, xw, mask, (carries, us), final = residuals
     dys, dfinal = cotangents
+    if _output_derivative_cell(cell):
+        dparams, dcarry0, dxw = _simple_bwd(cell, unroll, params, carries, final, mask, dys, dfinal)
+        return {**jax.tree.map(jnp.zeros_like, params), **dparams}, dcarry0, dxw, None
     summed = cell.name in SUM_CELLS  # then d(xw_t) == du_t: emit one array, not two
 
     def body(dcarry, inputs):
