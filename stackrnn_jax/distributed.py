@@ -32,13 +32,20 @@ def initialize(enabled: bool = False, *, coordinator: str | None = None,
     Must run before anything touches a device.
     """
     if not (enabled or coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        if num_processes is not None or process_id is not None:
+            raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT "
+                             "(or --distributed on a cluster JAX detects by itself)")
         return False
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
     if process_id is None and os.environ.get("JAX_PROCESS_ID"):
         process_id = int(os.environ["JAX_PROCESS_ID"])
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except (RuntimeError, ValueError) as error:  # JAX's own, possibly many lines
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"jax.distributed.initialize failed: {first}") from error
     return True
 
 

@@ -208,3 +208,9 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(trained, capsys, tmp_p
     assert main(argv) == 0  # a finished run is reported, not retrained
     assert "already trained its 3 epochs" in capsys.readouterr().out
     assert main(["evaluate", "--workdir", str(tmp_path / "run"), "--data", str(archive)]) == 0
+
+
+def test_multi_host_flags_without_a_coordinator_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"), "--num-processes", "2"])
+    assert "--num-processes and --process-id need --coordinator" in message
