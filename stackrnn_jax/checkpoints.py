@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-TRAIN_DIR = "train_state"  # run_dir.TRAIN_STATE
+from stackrnn_jax.run_dir import TRAIN_STATE
+
 
 
 class CheckpointError(ValueError):
@@ -64,7 +65,7 @@ class TrainCheckpoints:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.directory = (Path(workdir) / TRAIN_DIR).absolute()
+        self.directory = (Path(workdir) / TRAIN_STATE).absolute()
         self.identity = identity
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=False)

@@ -187,6 +187,8 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
                 stop: StopRequests | None = None, on_checkpoint: Callable | None = None):
     """One pass over ``split`` from ``start.batch``: ``(state, metrics, Timer)``.
 
+    ``start`` (epoch ``epoch``) is advanced in place, batch by batch.
+
     The progress bar and its device->host sync happen every ``log_every`` steps (and
     before every checkpoint): that is where a NaN/Inf is noticed. ``on_checkpoint(state,
     totals, position)`` saves a mid-epoch checkpoint every ``config.checkpoint_every``
@@ -210,10 +212,10 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
             (config.checkpoint_every and position.step % config.checkpoint_every == 0)
             or (stop is not None and stop.requested))
         if index % config.log_every == 0 or index == total or save:
-            jax.block_until_ready(totals)
+            host = jax.device_get(totals)  # one transfer per sync: metrics and NaN check
             timer.lap("step")
-            _check_finite(totals, config, epoch)
-            running = summarize(totals)
+            _check_finite(host, config, epoch)
+            running = summarize(host)
             bar.set_postfix(loss=f"{running['loss']:.4f}", accuracy=f"{running['accuracy']:.4f}",
                             refresh=False)
             bar.update(index - done)
@@ -234,9 +236,9 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
 
 
 def _check_finite(totals: Totals, config: TrainConfig, epoch: int) -> None:
-    """Raise ``NonFiniteError`` if a step this epoch was not finite and the policy is "stop"."""
-    if config.on_nonfinite == "stop" and int(jax.device_get(totals["nonfinite"])):
-        first = int(jax.device_get(totals["first_nonfinite"]))
+    """(``totals`` on the host.) Raise ``NonFiniteError`` if a step this epoch was not finite and the policy is "stop"."""
+    if config.on_nonfinite == "stop" and int(totals["nonfinite"]):
+        first = int(totals["first_nonfinite"])
         raise NonFiniteError(
             f"the loss or gradients became NaN/Inf at step {first + 1} (epoch {epoch}); stopped "
             "without saving that state: the last good checkpoint is kept. Lower the learning "
@@ -325,22 +327,20 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             print(f"Resuming from step {position.step} (epoch {position.epoch}, batch "
                   f"{position.batch} of {steps})", file=out, flush=True)
 
-    def save_checkpoint(state, totals, position: Position) -> None:
+    def save_checkpoint(state, totals: Totals | None, position: Position) -> None:
+        """``position`` is where a resume starts; ``totals`` the epoch's sums so far, if any."""
         _write(workdir, checkpoints.save, position.step, state, {
-            "epoch": position.epoch if position.batch < steps else position.epoch + 1,
-            "batch": position.batch if position.batch < steps else 0, "step": position.step,
-            "totals": _totals_to_json(totals) if position.batch < steps else None,
-            "history": history})
+            "epoch": position.epoch, "batch": position.batch, "step": position.step,
+            "totals": None if totals is None else _totals_to_json(totals), "history": history})
 
     with StopRequests() as stop, contextlib.closing(checkpoints):
         for epoch in range(position.epoch, config.epochs + 1):
             start = time.perf_counter()
-            resume_at = position if epoch == position.epoch else Position(epoch, 0, position.step)
-            state, metrics, timer = train_epoch(
+            state, metrics, timer = train_epoch(  # advances ``position`` in place
                 train_step, state, train, config, epoch, progress=progress and writer,
-                layout=layout, start=resume_at, totals=totals, stop=stop,
+                layout=layout, start=position, totals=totals, stop=stop,
                 on_checkpoint=save_checkpoint)
-            position, totals = Position(epoch, steps, resume_at.step), None
+            position, totals = Position(epoch + 1, 0, position.step), None
             train_s = time.perf_counter() - start
             val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer, layout)
             row = _epoch_row(epoch, metrics, val_metrics, timer, train_s,
@@ -359,7 +359,6 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             if writer:
                 _write(workdir, run_dir.write_history, workdir, _with_totals(history))
             save_checkpoint(state, None, position)  # the epoch is done: resume at the next
-            position = Position(epoch + 1, 0, position.step)
     history = _with_totals(history)
     if writer:
         _write(workdir, run_dir.write_history, workdir, history)
