@@ -11,6 +11,12 @@ dominate the tiny ``(B, H) @ (H, H)`` matmul it contains. On the tutorial worklo
   one elementwise kernel, the floor of any scan iteration;
 * ``step_scan``: ``lax.scan`` of ``h -> tanh(x_t + h @ W_h)`` — one layer's real step;
 * ``step_scan_grad``: forward and backward of ``step_scan`` (``2 T`` iterations);
+* ``step_scan_half_batch``: ``step_scan`` on ``B / 2`` rows — if the step were overhead,
+  it would cost the same; if it is arithmetic, half;
+* ``step_scan_two_halves``: the ``B`` rows as two independent half-batch recurrences in one
+  loop — near ``step_scan_half_batch`` only if XLA runs them on two cores at once;
+* ``rows_matmul``: all ``T`` steps' recurrent products as one ``(T B, H) @ (H, H)``
+  matmul outside any loop — the rate of a large matmul (every core);
 * our forward and train step per strategy (``scan``, ``fused``, ``wavefront``,
   ``scan_vjp``), divided by their sequential loop iterations (``scan``: ``L T`` forward,
   ``2 L T`` forward + backward; ``fused``: ``T`` / ``2 T``; ``wavefront``: ``T + L - 1``);
@@ -21,6 +27,12 @@ dominate the tiny ``(B, H) @ (H, H)`` matmul it contains. On the tutorial worklo
 loop alone costs, whatever the step computes. When it exceeds the cuDNN time, no
 XLA-loop schedule with that many iterations can match cuDNN.
 
+``train_floor``: a lower bound on a SimpleRNN train step built from those rates. The
+``2 L T`` recurrent products of the forward and backward loops (``h W_h`` and ``dA
+W_h^T``) are sequential, so they run at most at ``step_scan``'s FLOP rate (matmul and
+tanh of one step); every other matmul (input projections, ``dW_x``, ``dW_h``, ``dX``)
+at best at ``rows_matmul``'s. Elementwise work, the embedding and Adam count as free.
+
 Writes ``DIR/loop_overhead.json`` and ``DIR/loop_overhead.md``.
 """
 
@@ -29,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 
@@ -65,14 +78,50 @@ def _primitive_loops(w, device, opts) -> dict:
     def step(h, xs, w_h):
         return jax.lax.scan(lambda h, x: (jnp.tanh(x + h @ w_h),) * 2, h, xs)[1]
 
+    def two_halves(h, xs, w_h):
+        def body(halves, x):
+            a, b = halves
+            a, b = jnp.tanh(x[:half] + a @ w_h), jnp.tanh(x[half:] + b @ w_h)
+            return (a, b), None
+        return jax.lax.scan(body, (h[:half], h[half:]), xs)[0]
+
+    half = w.B // 2
     step_scan = jax.jit(step)
     step_grad = jax.jit(jax.grad(lambda w_h, h, xs: jnp.sum(step(h, xs, w_h) ** 2)))
-    return {
+    rows = xs.reshape(-1, w.H)
+    step_flops = 2 * w.B * w.H * w.H  # one step's (B, H) @ (H, H)
+    loops = {
         "empty_scan": {"iterations": w.T, "median_s": _time(empty_scan, h0, xs, opts=opts)},
-        "step_scan": {"iterations": w.T, "median_s": _time(step_scan, h0, xs, w_h, opts=opts)},
+        "step_scan": {"iterations": w.T, "median_s": _time(step_scan, h0, xs, w_h, opts=opts),
+                      "matmul_flops": w.T * step_flops},
         "step_scan_grad": {"iterations": 2 * w.T,
                            "median_s": _time(step_grad, w_h, h0, xs, opts=opts)},
+        "step_scan_half_batch": {
+            "iterations": w.T, "matmul_flops": w.T * step_flops // 2,
+            "median_s": _time(step_scan, h0[:half], xs[:, :half], w_h, opts=opts)},
+        "step_scan_two_halves": {
+            "iterations": w.T, "matmul_flops": w.T * step_flops,
+            "median_s": _time(jax.jit(two_halves), h0, xs, w_h, opts=opts)},
+        "rows_matmul": {"iterations": 1, "matmul_flops": w.T * step_flops,
+                        "median_s": _time(jax.jit(jnp.matmul), rows, w_h, opts=opts)},
     }
+    for part in loops.values():
+        if "matmul_flops" in part:
+            part["gflops_per_s"] = part["matmul_flops"] / part["median_s"] / 1e9
+    return loops
+
+
+def train_floor(w, loops: dict) -> dict:
+    """The lower bound on a SimpleRNN train step described in the module docstring."""
+    sequential_flops = 2 * w.L * w.T * 2 * w.B * w.H * w.H
+    parallel_flops = w.train_flops() - sequential_flops
+    in_loop, large = loops["step_scan"]["gflops_per_s"], loops["rows_matmul"]["gflops_per_s"]
+    sequential_s = sequential_flops / (1e9 * in_loop)
+    parallel_s = parallel_flops / (1e9 * large)
+    return {"sequential_flops": sequential_flops, "parallel_flops": parallel_flops,
+            "in_loop_gflops_per_s": in_loop, "large_matmul_gflops_per_s": large,
+            "sequential_ms": 1e3 * sequential_s, "parallel_ms": 1e3 * parallel_s,
+            "floor_ms": 1e3 * (sequential_s + parallel_s)}
 
 
 def _ours(w, device, opts) -> dict:
@@ -117,6 +166,24 @@ def _torch(w, device, opts) -> dict | None:
     return out
 
 
+def _peer_train_steps(w, device, opts) -> dict:
+    """Median train step (s) of the JAX peers, Keras 3 and Flax linen, where installed."""
+    from bench import peers
+    from bench.timing import time_steady
+    from bench.workloads import init_model, make_batch
+
+    out = {}
+    ids, labels = make_batch(w)
+    for name, make in (("keras", peers.KerasPeer), ("flax_linen", peers.FlaxPeer)):
+        if not peers.available(name)[0]:
+            continue
+        peer = make(w, init_model(w), device, opts)
+        stats = time_steady(lambda: peer.train_step(ids, labels), peer.sync, warmup=2,
+                            repeats=opts.repeats, min_repeats=3, budget_s=opts.budget_s)
+        out[name] = stats["median_s"]
+    return out
+
+
 def measure(w, device, opts) -> dict:
     """All figures for workload ``w`` on ``device`` (see the module docstring)."""
     loops = _primitive_loops(w, device, opts)
@@ -128,18 +195,22 @@ def measure(w, device, opts) -> dict:
             part["floor_ms"] = 1e3 * per_iter * part["iterations"]
     for part in loops.values():
         part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
+    floor = train_floor(w, loops) if w.cell == "simple" else None
     return {"workload": w.as_dict(), "loops": loops, "ours": ours,
-            "torch": _torch(w, device, opts)}
+            "torch": _torch(w, device, opts), "peers_train": _peer_train_steps(w, device, opts),
+            "train_floor": floor}
 
 
 def markdown(result: dict) -> str:
     w = result["workload"]
     loops, ours, torch = result["loops"], result["ours"], result["torch"]
     lines = [f"Workload: {w['cell']} T={w['T']} L={w['L']} H={w['H']} B={w['B']} E={w['E']}.",
-             "", "| loop | iterations | ms | µs / iteration |", "|---|---|---|---|"]
+             "", "| loop | iterations | ms | µs / iteration | matmul GFLOP/s |",
+             "|---|---|---|---|---|"]
     for name, part in loops.items():
+        rate = f"{part['gflops_per_s']:.1f}" if "gflops_per_s" in part else ""
         lines.append(f"| {name} | {part['iterations']} | {1e3 * part['median_s']:.3f} | "
-                     f"{part['us_per_iteration']:.2f} |")
+                     f"{part['us_per_iteration']:.2f} | {rate} |")
     lines += ["", "| strategy | part | loop iterations | ms | µs / iteration | "
                   "loop floor ms (iterations x empty_scan) |", "|---|---|---|---|---|---|"]
     for strategy, parts in ours.items():
@@ -153,12 +224,27 @@ def markdown(result: dict) -> str:
             lines.append(f"| torch ({torch['device']}) | {which} | {part['layer_steps']} layer-steps | "
                          f"{1e3 * part['median_s']:.3f} | "
                          f"{1e6 * part['median_s'] / part['layer_steps']:.2f} | |")
+    floor, peers_train = result.get("train_floor"), result.get("peers_train") or {}
+    if peers_train:
+        lines += ["", "| peer | train ms |", "|---|---|"]
+        lines += [f"| {name} | {1e3 * s:.3f} |" for name, s in peers_train.items()]
+    if floor:
+        best = min(parts["train"]["median_s"] for parts in ours.values())
+        lines += ["", f"Train-step floor: {floor['sequential_flops'] / 1e6:.0f} MFLOP of "
+                      f"recurrent products at the in-loop {floor['in_loop_gflops_per_s']:.1f} "
+                      f"GFLOP/s = {floor['sequential_ms']:.2f} ms, plus "
+                      f"{floor['parallel_flops'] / 1e6:.0f} MFLOP of large matmuls at "
+                      f"{floor['large_matmul_gflops_per_s']:.1f} GFLOP/s = "
+                      f"{floor['parallel_ms']:.2f} ms: **{floor['floor_ms']:.2f} ms**; "
+                      f"our best train step {1e3 * best:.3f} ms."]
+        if peers_train:
+            name, fastest = min(peers_train.items(), key=lambda item: item[1])
+            lines.append(f"Half the fastest peer's train step ({name}): "
+                         f"{0.5e3 * fastest:.3f} ms.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
-    import jax
-
     from bench.machine import machine_info
     from bench.workloads import TUTORIAL
 
@@ -173,11 +259,20 @@ def main(argv=None) -> None:
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead"))
     parser.add_argument("--note", default="")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="'keep' (default): glibc keeps freed memory, as in bench.run and "
+                             "the stackrnn command (stackrnn_jax/allocator.py)")
     opts = parser.parse_args(argv)
+    from stackrnn_jax.allocator import keep_freed_memory
+    malloc_kept = opts.malloc == "keep" and keep_freed_memory()
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import jax
+
     device = jax.devices(opts.device)[0] if opts.device else jax.devices()[0]
     w = dataclasses.replace(TUTORIAL, T=opts.T, L=opts.L, B=opts.B, H=opts.H)
     result = {"schema": "stackrnn-bench-loop-overhead/1",
-              "machine": machine_info(device, opts.note), **measure(w, device, opts)}
+              "machine": machine_info(device, opts.note),
+              "malloc_keep_freed_memory": malloc_kept, **measure(w, device, opts)}
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "loop_overhead.json").write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)

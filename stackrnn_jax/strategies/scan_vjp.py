@@ -161,5 +161,6 @@ def _layer_runner(remat):
     return run_layer
 
 
-run_stack = layer_by_layer(_layer_runner(remat=False))
+run_layer = _layer_runner(remat=False)
+run_stack = layer_by_layer(run_layer)
 run_stack_remat = layer_by_layer(_layer_runner(remat=True))

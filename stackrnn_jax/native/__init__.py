@@ -1,0 +1,110 @@
+"""The compiled CPU kernels (``simple_rnn.cc``): built on first use, cached, registered.
+
+The library ships C++ source, not binaries: the first call compiles it with the
+machine's C++ compiler (``$CXX``, else ``c++``) against the XLA FFI headers that come
+with jaxlib, for this CPU (``-march=native``), into a cache folder
+(``$STACKRNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/stackrnn_jax`` or
+``~/.cache/stackrnn_jax``). The file name holds a hash of the source, the flags, the
+compiler, jaxlib's version and the CPU, so a change to any of them builds anew; the
+library is written to a temporary name and renamed into place, so concurrent first
+uses and interrupted builds never leave a broken file behind.
+
+``available()`` says whether the kernels can run here and, if not, why (no compiler, a
+failed build); callers fall back to the XLA strategies then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("simple_rnn.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+TARGETS = {"stackrnn_simple_forward": "StackrnnSimpleForward",
+           "stackrnn_simple_backward": "StackrnnSimpleBackward"}
+
+
+class NativeUnavailable(RuntimeError):
+    """The kernels cannot be built or loaded here; the message says why, in one line."""
+
+
+def cache_dir() -> Path:
+    if os.environ.get("STACKRNN_NATIVE_CACHE"):
+        return Path(os.environ["STACKRNN_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stackrnn_jax"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return platform.machine() + "".join(sorted(set(wanted)))
+
+
+def _build(compiler: str, include: str, key: str) -> Path:
+    folder = cache_dir()
+    target = folder / f"simple_rnn-{key}.so"
+    if target.exists():
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            partial = Path(scratch) / target.name
+            done = subprocess.run([compiler, *FLAGS, "-isystem", include, str(SOURCE), "-o",
+                                   str(partial)], capture_output=True, text=True)
+            if done.returncode != 0:
+                first = next((line for line in done.stderr.splitlines() if "error" in line),
+                             done.stderr.strip().splitlines()[0] if done.stderr.strip() else "")
+                raise NativeUnavailable(f"building {SOURCE.name} with {compiler} failed: {first}")
+            os.replace(partial, target)  # atomic: a reader sees no file or the whole one
+    except OSError as error:
+        raise NativeUnavailable(f"cannot write the kernel cache {folder}: {error}; set "
+                                f"STACKRNN_NATIVE_CACHE to a writable folder") from error
+    return target
+
+
+@functools.cache
+def load() -> ctypes.CDLL:
+    """Build (once per machine and version) and load the kernels, registering them with
+    XLA as FFI targets for the CPU. Raises NativeUnavailable, with the reason."""
+    import jax
+    import jaxlib
+
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        raise NativeUnavailable(f"no C++ compiler ({os.environ.get('CXX', 'c++')!r} not on "
+                                f"PATH; install g++ or set CXX)")
+    include = jax.ffi.include_dir()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
+                                    jaxlib.__version__, _cpu_identity()]).encode()).hexdigest()[:16]
+    path = _build(compiler, include, key)
+    try:
+        library = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as error:
+        raise NativeUnavailable(f"cannot load {path}: {error}") from error
+    for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                    platform="cpu")
+    return library
+
+
+@functools.cache
+def available() -> tuple[bool, str]:
+    """``(True, "")`` when the kernels are loaded and registered, else ``(False, reason)``."""
+    try:
+        load()
+    except NativeUnavailable as error:
+        return False, str(error)
+    return True, ""

@@ -1,0 +1,284 @@
+// The SimpleRNN recurrence as one CPU call per layer and direction (XLA FFI).
+//
+// XLA runs a lax.scan step's small (batch, units) @ (units, units) matmul on one core,
+// with a loop iteration's worth of bookkeeping around it. Batch rows are independent
+// recurrences, so here each call splits the rows into one chunk per thread of XLA's own
+// intra-op pool and runs all T steps of a chunk without synchronising with the others.
+//
+// Forward:  hs[t, b] = act(xw[t, b] + hs[t-1, b] @ W)   where mask[t, b], else hs[t-1, b]
+//           (hs[-1] = h0; the carry is held through masked steps, as common.masked_step).
+// Backward: da[t, b] = (dh[b] + dy[t, b]) * act'(hs[t, b]), dh[b] <- da[t, b] @ W^T
+//           where mask[t, b]; else da[t, b] = 0 and dh[b] passes through. Returns
+//           dxw = da (time, batch, units) and dh0 = dh after step 0.
+// The weight gradient dW = H_prev^T dA is left to XLA as one large matmul.
+//
+// Shapes: xw, hs, dy, da (time, batch, units); h0, dh (batch, units); W (units, units);
+// mask (time, batch) bool. Row-major. activation: 0 tanh, 1 relu.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// tanh(x) = (e - 1) / (e + 1), e = e^(2x) = 2^n e^r with |r| <= ln2/2 and a Taylor
+// polynomial for e^r (to r^7 in float32, r^13 in float64: relative error below each
+// type's resolution); x is clamped where tanh has saturated to 1 in the type. Absolute
+// error ~1 ulp of 1 (the relative error of tiny |x| is larger, far below any tolerance
+// the reference checks use). Branch-free and without floor() (which GCC does not
+// vectorise without -fno-trapping-math), so that the loops over a row vectorise;
+// std::tanh is scalar and took ~8x longer here.
+template <typename T> struct TanhConstants;
+template <> struct TanhConstants<float> {
+  using Bits = int32_t;
+  static constexpr float kClamp = 9.0f, kRound = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f;
+  static constexpr int kTerms = 7, kMantissa = 23, kBias = 127;
+};
+template <> struct TanhConstants<double> {
+  using Bits = int64_t;
+  static constexpr double kClamp = 19.0, kRound = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kLn2Hi = 0.6931471803691238, kLn2Lo = 1.9082149292705877e-10;
+  static constexpr int kTerms = 13, kMantissa = 52, kBias = 1023;
+};
+
+template <typename T>
+inline T tanh_of(T x) {
+  using C = TanhConstants<T>;
+  const T y = T(2) * std::min(std::max(x, -C::kClamp), C::kClamp);
+  const T n = (y * T(1.4426950408889634) + C::kRound) - C::kRound;  // round(y / ln 2)
+  const T r = (y - n * C::kLn2Hi) - n * C::kLn2Lo;
+  T p = T(1);
+  for (int k = C::kTerms; k >= 1; --k) p = T(1) + p * (r * (T(1) / T(k)));  // sum r^k / k!
+  const typename C::Bits bits = (static_cast<typename C::Bits>(n) + C::kBias) << C::kMantissa;
+  T scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const T e = p * scale;
+  return (e - T(1)) / (e + T(1));
+}
+
+template <typename T>
+void activate(T* row, int64_t n, int64_t activation) {
+  if (activation == 0) {
+    for (int64_t j = 0; j < n; ++j) row[j] = tanh_of(row[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) row[j] = row[j] > T(0) ? row[j] : T(0);
+  }
+}
+
+// For rows r < R (each n apart): out[r, j] = add[r, j] + sum_k v[r, k] * w[k, j], w (n, n)
+// row-major. Columns go in tiles of a compile-time width held in registers across the k
+// loop, R rows at a time so that each loaded tile of w serves R rows; the tail columns
+// one by one. Not inlined: inlined into a loop whose rows share one array, the
+// __restrict promises are lost and the tile no longer stays in registers (2.5x slower).
+template <typename T, int R>
+__attribute__((noinline)) void rows_times(const T* __restrict v, const T* __restrict w,
+                                          const T* __restrict add, T* __restrict out,
+                                          int64_t n) {
+  constexpr int64_t kTile = 128 / sizeof(T);  // two 64-byte vectors
+  int64_t j0 = 0;
+  for (; j0 + kTile <= n; j0 += kTile) {
+    T acc[R][kTile];
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < kTile; ++j) acc[r][j] = add[r * n + j0 + j];
+    for (int64_t k = 0; k < n; ++k) {
+      const T* __restrict wk = w + k * n + j0;
+      for (int r = 0; r < R; ++r) {
+        const T a = v[r * n + k];
+        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < kTile; ++j) out[r * n + j0 + j] = acc[r][j];
+  }
+  for (; j0 < n; ++j0) {
+    for (int r = 0; r < R; ++r) {
+      T acc = add[r * n + j0];
+      for (int64_t k = 0; k < n; ++k) acc += v[r * n + k] * w[k * n + j0];
+      out[r * n + j0] = acc;
+    }
+  }
+}
+
+// Rows [b0, b1) of out = add + v @ w, all of them n apart: four at a time, then one.
+template <typename T>
+void block_times(int64_t b0, int64_t b1, const T* v, const T* w, const T* add, T* out,
+                 int64_t n) {
+  int64_t b = b0;
+  for (; b + 4 <= b1; b += 4) rows_times<T, 4>(v + b * n, w, add + b * n, out + b * n, n);
+  for (; b < b1; ++b) rows_times<T, 1>(v + b * n, w, add + b * n, out + b * n, n);
+}
+
+template <typename T>
+void forward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t units,
+                  const T* xw, const T* h0, const T* w, const bool* mask, int64_t activation,
+                  T* hs) {
+  const int64_t step = batch * units;
+  for (int64_t t = 0; t < time; ++t) {
+    const T* before = t == 0 ? h0 : hs + (t - 1) * step;
+    T* now = hs + t * step;
+    block_times(b0, b1, before, w, xw + t * step, now, units);
+    activate(now + b0 * units, (b1 - b0) * units, activation);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!mask[t * batch + b]) {
+        std::copy(before + b * units, before + (b + 1) * units, now + b * units);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t units,
+                   const T* hs, const T* dy, const T* dh_last, const T* w_t, const bool* mask,
+                   int64_t activation, T* da, T* dh) {
+  const int64_t step = batch * units;
+  std::vector<T> zeros(batch * units, T(0)), product(batch * units);
+  std::copy(dh_last + b0 * units, dh_last + b1 * units, dh + b0 * units);
+  for (int64_t t = time - 1; t >= 0; --t) {
+    T* d = da + t * step;
+    for (int64_t b = b0; b < b1; ++b) {
+      T* d_row = d + b * units;
+      const T* dh_row = dh + b * units;
+      const T* h = hs + t * step + b * units;
+      const T* g = dy + t * step + b * units;
+      if (!mask[t * batch + b]) {
+        std::fill(d_row, d_row + units, T(0));
+      } else if (activation == 0) {
+        for (int64_t j = 0; j < units; ++j) d_row[j] = (dh_row[j] + g[j]) * (T(1) - h[j] * h[j]);
+      } else {
+        for (int64_t j = 0; j < units; ++j) d_row[j] = h[j] > T(0) ? dh_row[j] + g[j] : T(0);
+      }
+    }
+    block_times(b0, b1, d, w_t, zeros.data(), product.data(), units);
+    for (int64_t b = b0; b < b1; ++b) {  // a masked step passes dh through
+      if (mask[t * batch + b]) {
+        std::copy(product.data() + b * units, product.data() + (b + 1) * units, dh + b * units);
+      }
+    }
+  }
+}
+
+// Runs part(begin, end) on chunks of [0, rows): one on this thread, the rest on XLA's
+// intra-op pool; rows are independent recurrences, so the chunks never wait on each other.
+template <typename Part>
+void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
+  // At least 4 rows a chunk (the register block above), at most one chunk a thread.
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 4, pool.num_threads()));
+  std::atomic<int64_t> pending(chunks - 1);
+  for (int64_t c = 1; c < chunks; ++c) {
+    pool.Schedule([&, c] {
+      part(rows * c / chunks, rows * (c + 1) / chunks);
+      pending.fetch_sub(1, std::memory_order_release);
+    });
+  }
+  part(0, rows / chunks);
+  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+}
+
+ffi::Error check_shapes(const ffi::AnyBuffer& seq, const ffi::AnyBuffer& state,
+                        const ffi::AnyBuffer& w, const ffi::AnyBuffer& mask) {
+  auto s = seq.dimensions(), h = state.dimensions(), k = w.dimensions(), m = mask.dimensions();
+  if (s.size() != 3 || h.size() != 2 || k.size() != 2 || m.size() != 2 || h[0] != s[1] ||
+      h[1] != s[2] || k[0] != s[2] || k[1] != s[2] || m[0] != s[0] || m[1] != s[1]) {
+    return ffi::Error::InvalidArgument("stackrnn simple_rnn: inconsistent shapes");
+  }
+  if (seq.element_type() != state.element_type() || seq.element_type() != w.element_type() ||
+      mask.element_type() != ffi::DataType::PRED) {
+    return ffi::Error::InvalidArgument("stackrnn simple_rnn: mixed dtypes or a non-bool mask");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer h0, ffi::AnyBuffer w,
+                   ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
+                   int64_t activation) {
+  if (auto error = check_shapes(xw, h0, w, mask); error.failure()) return error;
+  auto dims = xw.dimensions();
+  const int64_t time = dims[0], batch = dims[1], units = dims[2];
+  const bool* m = static_cast<const bool*>(mask.untyped_data());
+  if (xw.element_type() == ffi::DataType::F32) {
+    over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
+      forward_rows<float>(b0, b1, time, batch, units, xw.typed_data<float>(),
+                          h0.typed_data<float>(), w.typed_data<float>(), m, activation,
+                          hs->typed_data<float>());
+    });
+  } else if (xw.element_type() == ffi::DataType::F64) {
+    over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
+      forward_rows<double>(b0, b1, time, batch, units, xw.typed_data<double>(),
+                           h0.typed_data<double>(), w.typed_data<double>(), m, activation,
+                           hs->typed_data<double>());
+    });
+  } else {
+    return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename T>
+void backward_typed(ffi::ThreadPool pool, int64_t time, int64_t batch, int64_t units,
+                    const T* hs, const T* dy, const T* dh_last, const T* w, const bool* mask,
+                    int64_t activation, T* da, T* dh0) {
+  std::vector<T> w_t(units * units);  // W^T, so that dh <- da W^T reads rows
+  for (int64_t i = 0; i < units; ++i)
+    for (int64_t j = 0; j < units; ++j) w_t[j * units + i] = w[i * units + j];
+  over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
+    backward_rows<T>(b0, b1, time, batch, units, hs, dy, dh_last, w_t.data(), mask, activation,
+                     da, dh0);
+  });
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer dy,
+                    ffi::AnyBuffer dh_last, ffi::AnyBuffer w, ffi::AnyBuffer mask,
+                    ffi::Result<ffi::AnyBuffer> da, ffi::Result<ffi::AnyBuffer> dh0,
+                    int64_t activation) {
+  if (auto error = check_shapes(hs, dh_last, w, mask); error.failure()) return error;
+  auto dims = hs.dimensions();
+  const int64_t time = dims[0], batch = dims[1], units = dims[2];
+  const bool* m = static_cast<const bool*>(mask.untyped_data());
+  if (hs.element_type() == ffi::DataType::F32) {
+    backward_typed<float>(pool, time, batch, units, hs.typed_data<float>(),
+                          dy.typed_data<float>(), dh_last.typed_data<float>(),
+                          w.typed_data<float>(), m, activation, da->typed_data<float>(),
+                          dh0->typed_data<float>());
+  } else if (hs.element_type() == ffi::DataType::F64) {
+    backward_typed<double>(pool, time, batch, units, hs.typed_data<double>(),
+                           dy.typed_data<double>(), dh_last.typed_data<double>(),
+                           w.typed_data<double>(), m, activation, da->typed_data<double>(),
+                           dh0->typed_data<double>());
+  } else {
+    return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnSimpleForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnSimpleBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("activation"));

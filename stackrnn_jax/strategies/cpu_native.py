@@ -1,0 +1,111 @@
+"""``"cpu_native"``: each SimpleRNN layer's whole time loop in one compiled CPU call.
+
+XLA runs a scan step's ``(batch, units) @ (units, units)`` matmul on one core, inside a
+loop iteration's bookkeeping, at ~38 GFLOP/s on the development CPU
+(``bench/loop_overhead.py``). The kernels in ``native/simple_rnn.cc`` run all ``T`` steps
+of a layer in one XLA FFI call: the batch rows are independent recurrences, so they are
+split into one chunk per thread of XLA's CPU thread pool, each chunk running its steps
+with register-blocked row matmuls and no synchronisation between chunks.
+
+Forward: the states ``hs (time, batch, units)`` (held through masked steps), outputs
+``where(mask, hs, 0)``. Backward (``jax.custom_vjp``): the kernel runs the reverse loop
+``da_t = (dh + dy_t) * act'(h_t)``, ``dh <- da_t W_h^T`` (``act'`` read off the stored
+``h_t``, as ``scan_vjp``) and returns ``d(xw) = dA`` and the initial state's gradient;
+``dW_h = H_prev^T dA`` is one large matmul in XLA, and ``dW_x``, ``db`` and the layer
+input's gradient come from autodiff of the hoisted projection, as in ``scan_vjp``.
+
+What it covers: the SimpleRNN (tanh or relu) in float32 or float64, on the CPU backend,
+with masks, initial states, dropout between layers and both directions. Anything else —
+LSTM and GRU layers, other dtypes, a GPU or TPU default backend, or a machine where the
+kernels cannot be built (``native.available()`` says why; a warning is raised once) —
+runs as ``"scan_vjp"``, which gives the same numbers. Forward-mode differentiation
+(``jax.jvp``) is not supported (a ``custom_vjp``); ``jax.vmap`` runs the kernel once per
+mapped element.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stackrnn_jax import native
+from stackrnn_jax.strategies import scan_vjp
+from stackrnn_jax.strategies.common import layer_by_layer
+
+ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
+DTYPES = (jnp.float32, jnp.float64)
+
+
+def _ffi(name, outputs, *args, activation):
+    call = jax.ffi.ffi_call(name, outputs, vmap_method="sequential")
+    return call(*args, activation=np.int64(ACTIVATION_CODES[activation]))
+
+
+def _states(activation, w_h, h0, xw, mask):
+    """``hs (time, batch, units)``: the carry after each step, held where masked."""
+    return _ffi("stackrnn_simple_forward", jax.ShapeDtypeStruct(xw.shape, xw.dtype),
+                xw, h0, w_h, mask, activation=activation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(activation, w_h, h0, xw, mask):
+    """``w_h (units, units)``, ``h0 (batch, units)``, ``xw (time, batch, units)``,
+    ``mask (time, batch)`` bool -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` and the
+    carry after the last step (``hs[-1]``)."""
+    return _recurrence_fwd(activation, w_h, h0, xw, mask)[0]
+
+
+def _recurrence_fwd(activation, w_h, h0, xw, mask):
+    hs = _states(activation, w_h, h0, xw, mask)
+    ys = jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
+    return (ys, hs[-1]), (w_h, h0, hs, mask)
+
+
+def _recurrence_bwd(activation, residuals, cotangents):
+    w_h, h0, hs, mask = residuals
+    d_ys, d_final = cotangents
+    da, dh0 = _ffi("stackrnn_simple_backward",
+                   (jax.ShapeDtypeStruct(hs.shape, hs.dtype),
+                    jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
+                   hs, d_ys, d_final, w_h, mask, activation=activation)
+    # One (units, time*batch) @ (time*batch, units) matmul for the recurrent kernel.
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ da.reshape(-1, da.shape[-1])
+    return d_w, dh0, da, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+@functools.cache
+def _warn_unavailable():
+    ok, why = native.available()
+    if not ok:
+        warnings.warn(f"strategy cpu_native runs as scan_vjp: {why}", RuntimeWarning,
+                      stacklevel=4)
+    return ok
+
+
+def covers(cell, dtype) -> bool:
+    """Whether a layer of ``cell`` in ``dtype`` runs in the kernel (else as scan_vjp)."""
+    return (cell.name == "simple" and cell.activation in ACTIVATION_CODES
+            and jnp.dtype(dtype) in map(jnp.dtype, DTYPES)
+            and jax.default_backend() == "cpu" and _warn_unavailable())
+
+
+def run_layer(cell, params, xw, mask, carry, *, unroll=1):
+    """One layer over ``xw (time, batch, units)``; ``mask (time, batch, 1)`` or None."""
+    dtype = jnp.result_type(xw, carry[0], params["recurrent_kernel"])
+    if not covers(cell, dtype):
+        return scan_vjp.run_layer(cell, params, xw, mask, carry, unroll=unroll)
+    steps = jnp.ones(xw.shape[:2], bool) if mask is None else mask[..., 0]
+    ys, final = _recurrence(cell.activation, params["recurrent_kernel"].astype(dtype),
+                            carry[0].astype(dtype), xw.astype(dtype), steps)
+    return ys, (final,)
+
+
+run_stack = layer_by_layer(run_layer)
