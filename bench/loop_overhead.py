@@ -18,8 +18,10 @@ dominate the tiny ``(B, H) @ (H, H)`` matmul it contains. On the tutorial worklo
 * ``rows_matmul``: all ``T`` steps' recurrent products as one ``(T B, H) @ (H, H)``
   matmul outside any loop — the rate of a large matmul (every core);
 * our forward and train step per strategy (``scan``, ``fused``, ``wavefront``,
-  ``scan_vjp``), divided by their sequential loop iterations (``scan``: ``L T`` forward,
-  ``2 L T`` forward + backward; ``fused``: ``T`` / ``2 T``; ``wavefront``: ``T + L - 1``);
+  ``scan_vjp``, ``cpu_native``), divided by their sequential loop iterations (``scan``:
+  ``L T`` forward, ``2 L T`` forward + backward; ``fused``: ``T`` / ``2 T``;
+  ``wavefront``: ``T + L - 1``; ``cpu_native``: the ``L T`` steps its compiled kernels
+  run, no XLA loop);
 * PyTorch ``nn.RNN(num_layers=L)`` (cuDNN on a GPU) forward and train step per ``L T``
   layer-steps, when torch is installed.
 
@@ -45,12 +47,14 @@ import os
 from pathlib import Path
 
 
-STRATEGIES = ("scan", "fused", "wavefront", "scan_vjp")
+STRATEGIES = ("scan", "fused", "wavefront", "scan_vjp", "cpu_native")
 
 
 def _iterations(strategy: str, T: int, L: int) -> tuple[int, int]:
-    """Sequential loop iterations of ``(forward, forward + backward)``."""
-    per_pass = {"scan": L * T, "scan_vjp": L * T, "fused": T, "wavefront": T + L - 1}[strategy]
+    """Sequential steps of ``(forward, forward + backward)``: XLA loop iterations, or for
+    ``cpu_native`` the ``L T`` layer-steps its kernels run (no XLA loop, floor 0)."""
+    per_pass = {"scan": L * T, "scan_vjp": L * T, "cpu_native": L * T, "fused": T,
+                "wavefront": T + L - 1}[strategy]
     return per_pass, 2 * per_pass
 
 
@@ -189,10 +193,10 @@ def measure(w, device, opts) -> dict:
     loops = _primitive_loops(w, device, opts)
     per_iter = loops["empty_scan"]["median_s"] / loops["empty_scan"]["iterations"]
     ours = _ours(w, device, opts)
-    for parts in ours.values():
+    for strategy, parts in ours.items():
         for part in parts.values():
             part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
-            part["floor_ms"] = 1e3 * per_iter * part["iterations"]
+            part["floor_ms"] = 1e3 * per_iter * part["iterations"] * (strategy != "cpu_native")
     for part in loops.values():
         part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
     floor = train_floor(w, loops) if w.cell == "simple" else None

@@ -17,8 +17,8 @@ from stackrnn_jax.strategies import auto
 from stackrnn_jax.strategies.recurrent_split import head, recurrent_matmul
 
 CELLS = ["simple", "lstm", "gru"]
-FORWARD = ["fused", "wavefront", "scan_vjp"]        # scan_vjp_remat runs scan_vjp's forward
-GRADIENT = ["fused", "wavefront", "scan_vjp", "scan_vjp_remat"]
+FORWARD = ["fused", "wavefront", "scan_vjp", "cpu_native"]  # scan_vjp_remat: scan_vjp's forward
+GRADIENT = ["fused", "wavefront", "scan_vjp", "scan_vjp_remat", "cpu_native"]
 BATCH, TIME, FEATURES = 3, 5, 4
 LENGTHS = np.array([5, 2, 0])  # full, partial and empty sequences
 
@@ -150,7 +150,7 @@ def test_gru_reset_before():
 
 
 @pytest.mark.parametrize("cell, strategy", [(cell, "scan_vjp") for cell in CELLS]
-                         + [("lstm", "scan_vjp_remat")])
+                         + [("lstm", "scan_vjp_remat"), ("simple", "cpu_native")])
 def test_custom_vjp_numerical_gradient(cell, strategy):
     with jax.enable_x64(True):
         params, x, state = _problem(cell, [3, 2], initial=True)
@@ -165,7 +165,7 @@ def test_custom_vjp_numerical_gradient(cell, strategy):
         check_grads(f, (params, x, state), order=1, modes=["rev"])
 
 
-@pytest.mark.parametrize("strategy", ["scan_vjp", "scan_vjp_remat"])
+@pytest.mark.parametrize("strategy", ["scan_vjp", "scan_vjp_remat", "cpu_native"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("padding", ["pre", "post"])
 def test_simple_backward_from_outputs_equals_scan(activation, padding, strategy):
