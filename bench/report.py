@@ -198,9 +198,10 @@ def auto_table() -> str:
         layers = _range(rule.layers) + (", equal widths" if rule.equal_widths else "")
         cells = "any" if rule.cells is None else ", ".join(rule.cells)
         unroll = "caller's" if rule.unroll is None else f"{rule.unroll} if the caller's is 1"
+        where = " where its kernels build" if rule.needs_native else ""
         lines.append(f"| {index} | {', '.join(rule.backends)} | {cells} | {layers} | "
                      f"{_range(rule.time)} | {_range(rule.batch)} | {_range(rule.units)} | "
-                     f"`{rule.strategy}` | {unroll} | {rule.why} |")
+                     f"`{rule.strategy}`{where} | {unroll} | {rule.why} |")
     lines.append(f"| – | any | any | any | any | any | any | `{auto.FALLBACK}` | caller's "
                  f"| no rule matched: the default |")
     return "\n".join(lines) + "\n"

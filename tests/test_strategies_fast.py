@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from stackrnn_jax import STRATEGIES, make_cell, stacked_rnn
+from stackrnn_jax import STRATEGIES, make_cell, native, stacked_rnn
 from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.strategies import auto
 from stackrnn_jax.strategies.recurrent_split import head, recurrent_matmul
@@ -345,6 +345,15 @@ def stack_init(rng, cell, units):
                        "bias": jnp.asarray(0.1 * rng.standard_normal(gates * n))})
         width = n
     return params
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_auto_cpu_simple_uses_the_kernels_only_where_they_load(monkeypatch, kernels):
+    monkeypatch.setattr(native, "available", lambda: (kernels, "" if kernels else "no c++"))
+    strategy, rule = auto.choose("cpu", 2, 500, 32, [64, 64], "simple")
+    assert strategy == ("cpu_native" if kernels else "scan_vjp")
+    assert rule.needs_native == kernels
+    assert auto.choose("cpu", 2, 500, 32, [64, 64], "lstm")[0] == "fused"  # not for LSTM
 
 
 def test_auto_rules_name_registered_strategies():
