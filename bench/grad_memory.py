@@ -18,7 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-STRATEGIES = ("scan", "scan_vjp", "scan_vjp_remat")
+STRATEGIES = ("scan", "scan_vjp", "scan_vjp_remat", "cpu_native")
 
 
 def measure(w, device, strategies=STRATEGIES, *, repeats: int = 5, budget_s: float = 2.0) -> list[dict]:

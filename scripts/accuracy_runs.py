@@ -39,14 +39,14 @@ def machine() -> dict:
             "device": str(jax.devices()[0])}
 
 
-def run_preset(name: str, data, out: Path, overrides: dict) -> dict:
-    config = resolve(name, None, overrides)
-    workdir = out / name
+def run_preset(name: str, data, out: Path, overrides: dict, seed: int | None = None) -> dict:
+    config = resolve(name, None, {**overrides, "seed": seed})
+    workdir = out / name if seed is None else out / f"{name}-seed{seed}"
     start = time.perf_counter()
     history = train_and_evaluate(config, workdir, data, overwrite=True, progress=False)
     train_s = time.perf_counter() - start
     test = evaluate_run(load_run(workdir), data)
-    return {"preset": name, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+    return {"preset": name, "seed": config.seed, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
             "test_examples": test["examples"], "best_epoch": history["best_epoch"],
             "best_val_accuracy": history["best_val_accuracy"], "epochs": len(history["epochs"]),
             "train_wall_s": train_s, "seconds_per_epoch": history["seconds_per_epoch"],
@@ -56,10 +56,10 @@ def run_preset(name: str, data, out: Path, overrides: dict) -> dict:
 
 
 def markdown(results: list[dict], info: dict) -> str:
-    lines = ["| preset | test accuracy | best epoch / epochs | train wall time | s/epoch | outside jit |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| preset | seed | test accuracy | best epoch / epochs | train wall time | s/epoch "
+             "| outside jit |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['preset']} | {r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} | "
+        lines.append(f"| {r['preset']} | {r['seed']} | {r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} | "
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")
     lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
@@ -75,15 +75,18 @@ def main(argv=None) -> None:
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(DEFAULT_PRESETS))
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (smoke runs)")
     parser.add_argument("--strategy", help="override the execution strategy (same numbers)")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="run each preset once per seed (default: the preset's own seed)")
     args = parser.parse_args(argv)
     overrides = {"epochs": args.epochs, "strategy": args.strategy}
     info, results = machine(), []
     for name in args.presets:
-        print(f"== {name}", flush=True)
-        results.append(run_preset(name, args.data, args.out, overrides))
-        print(f"== {name}: test accuracy {results[-1]['test_accuracy']:.4f}", flush=True)
-        run_dir.write_json(args.out / "summary.json", {"machine": info, "results": results})
-        run_dir.write_text(args.out / "summary.md", markdown(results, info))
+        for seed in args.seeds or [None]:
+            print(f"== {name}" + ("" if seed is None else f" seed {seed}"), flush=True)
+            results.append(run_preset(name, args.data, args.out, overrides, seed))
+            print(f"== {name}: test accuracy {results[-1]['test_accuracy']:.4f}", flush=True)
+            run_dir.write_json(args.out / "summary.json", {"machine": info, "results": results})
+            run_dir.write_text(args.out / "summary.md", markdown(results, info))
     print(markdown(results, info))
 
 

@@ -3,6 +3,8 @@
 # wheels in .whl/ (packages the GPU image lacks), the IMDB archive in .devcarry/.
 #   STAGES="parity overhead memory bench parallel" bash scripts/gpu_check.sh   # first call
 #   STAGES="accuracy" bash scripts/gpu_check.sh                                # second call
+#   STAGES="curve" bash scripts/gpu_check.sh        # issue #8's open figures: H 64-256, T to 100k
+#   STAGES=accuracy EPOCHS= SEEDS="0 1" ACCURACY_S=600 bash scripts/gpu_check.sh  # full preset
 # Each stage has its own time cap (*_S variables). Stage results go to $RES; at the end
 # they are packed into $OUT/results-<stages>.tgz (few files: the device tool returns at most 8).
 set -uo pipefail
@@ -58,11 +60,18 @@ if wants parallel; then
     --H-values 8,64,256 --T-values 1024,4096,16384,65536 --batch 16 --deadline-s 85 \
     --budget-s 0.5 --repeats 3 --note "$NOTE" --out "$RES/parallel-curve" 2>&1 | tail -30
 fi
+if wants curve; then
+  stage parallel-curve-wide
+  timeout "${WIDE_S:-280}" python3 -m bench.parallel --device "$DEVICE" --cells gru,lstm,simple \
+    --H-values 64,128,256 --T-values 1024,4096,16384,32768,100000 --batch 16 --deadline-s 260 \
+    --budget-s 0.5 --repeats 3 --note "$NOTE" --out "$RES/parallel-curve-wide" 2>&1 | tail -40
+fi
 if wants accuracy; then
   for strategy in ${ACC_STRATEGIES:-scan parallel}; do
     stage "accuracy $strategy"
     timeout "${ACCURACY_S:-120}" python3 scripts/accuracy_runs.py --data "$DATA" \
       --presets ${PRESETS:-simple-best} --strategy "$strategy" ${EPOCHS:+--epochs $EPOCHS} \
+      ${SEEDS:+--seeds $SEEDS} \
       --out "$RES/accuracy-$strategy" 2>&1 | grep -v "it/s\]" | tail -8
   done
 fi

@@ -85,6 +85,9 @@ def load() -> ctypes.CDLL:
     if compiler is None:
         raise NativeUnavailable(f"no C++ compiler ({os.environ.get('CXX', 'c++')!r} not on "
                                 f"PATH; install g++ or set CXX)")
+    if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "include_dir"):
+        raise NativeUnavailable(f"jax {jax.__version__} has no jax.ffi.include_dir "
+                                f"(the kernels need jax >= 0.5)")
     include = jax.ffi.include_dir()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
