@@ -9,7 +9,9 @@ vmap, and the build's failure modes.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +170,36 @@ def test_a_cached_build_is_reused_without_compiling(tmp_path, monkeypatch):
         raise AssertionError("compiled again")
     monkeypatch.setattr(subprocess, "run", no_compiler)
     assert native._build("c++", jax.ffi.include_dir(), "same") == first
+
+
+def test_gradient_through_the_final_state_only_matches_scan():
+    """The top layer is read only through its final state (its outputs' cotangent is a
+    symbolic zero, so the kernel reads no dy); the lower layer only through its outputs."""
+    with jax.enable_x64(True):
+        params, x = _problem([7, 5], 6, 11, jnp.float64)
+        lengths = np.array([11, 4, 0, 7, 11, 2])
+
+        def grad(strategy):
+            return jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.cos(stacked_rnn(
+                p, x, strategy=strategy, lengths=lengths, padding="pre"))), argnums=(0, 1)))
+        assert _max_error(grad("cpu_native")(params, x), grad("scan")(params, x)) < 1e-10
+
+
+def test_concurrent_calls_from_several_devices_finish():
+    """Four CPU devices run the kernels at once and share XLA's thread pool: every call
+    must finish even when the pool is busy (the caller runs unclaimed chunks itself)."""
+    code = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jax.sharding import NamedSharding, PartitionSpec as P\n"
+        "from stackrnn_jax import init_params, stacked_rnn\n"
+        "mesh = jax.make_mesh((4,), ('d',))\n"
+        "p = init_params(jax.random.key(0), 3, [16, 16])\n"
+        "x = jax.device_put(jnp.ones((32, 50, 3)), NamedSharding(mesh, P('d')))\n"
+        "f = jax.jit(jax.grad(lambda p, x: stacked_rnn(p, x, strategy='cpu_native').sum()))\n"
+        "for _ in range(20): jax.block_until_ready(f(p, x))\n"
+        "print('done', jax.device_count())\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["done", "4"]

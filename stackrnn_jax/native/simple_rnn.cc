@@ -8,7 +8,9 @@
 // Forward:  hs[t, b] = act(xw[t, b] + hs[t-1, b] @ W)   where mask[t, b], else hs[t-1, b]
 //           (hs[-1] = h0; the carry is held through masked steps, as common.masked_step).
 // Backward: da[t, b] = (dh[b] + dy[t, b]) * act'(hs[t, b]), dh[b] <- da[t, b] @ W^T
-//           where mask[t, b]; else da[t, b] = 0 and dh[b] passes through. Returns
+//           where mask[t, b]; else da[t, b] = 0 and dh[b] passes through. with_dy = 0:
+//           the outputs have no cotangent (dy is not read; a layer read only through
+//           its final state). Returns
 //           dxw = da (time, batch, units) and dh0 = dh after step 0.
 // The weight gradient dW = H_prev^T dA is left to XLA as one large matmul.
 //
@@ -17,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -148,13 +151,21 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
       T* d_row = d + b * units;
       const T* dh_row = dh + b * units;
       const T* h = hs + t * step + b * units;
-      const T* g = dy + t * step + b * units;
       if (!mask[t * batch + b]) {
         std::fill(d_row, d_row + units, T(0));
-      } else if (activation == 0) {
-        for (int64_t j = 0; j < units; ++j) d_row[j] = (dh_row[j] + g[j]) * (T(1) - h[j] * h[j]);
+        continue;
+      }
+      // The gradient reaching h_t: through the carry, plus the output's own (when given).
+      if (dy != nullptr) {
+        const T* g = dy + t * step + b * units;
+        for (int64_t j = 0; j < units; ++j) d_row[j] = dh_row[j] + g[j];
       } else {
-        for (int64_t j = 0; j < units; ++j) d_row[j] = h[j] > T(0) ? dh_row[j] + g[j] : T(0);
+        std::copy(dh_row, dh_row + units, d_row);
+      }
+      if (activation == 0) {
+        for (int64_t j = 0; j < units; ++j) d_row[j] *= T(1) - h[j] * h[j];
+      } else {
+        for (int64_t j = 0; j < units; ++j) d_row[j] = h[j] > T(0) ? d_row[j] : T(0);
       }
     }
     block_times(b0, b1, d, w_t, zeros.data(), product.data(), units);
@@ -166,21 +177,29 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
   }
 }
 
-// Runs part(begin, end) on chunks of [0, rows): one on this thread, the rest on XLA's
-// intra-op pool; rows are independent recurrences, so the chunks never wait on each other.
+// Runs part(begin, end) on chunks of [0, rows), rows being independent recurrences: this
+// thread and up to chunks-1 tasks on XLA's intra-op pool each claim chunks until none is
+// left. The caller then waits only for chunks already claimed, which are running: if the
+// pool is busy (several devices, concurrent calls) and a task has not started, this
+// thread runs its chunk itself, and the late task finds nothing left to claim. The claim
+// counters live on the heap, since a late task may start after this call has returned.
 template <typename Part>
 void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
   // At least 4 rows a chunk (the register block above), at most one chunk a thread.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 4, pool.num_threads()));
-  std::atomic<int64_t> pending(chunks - 1);
-  for (int64_t c = 1; c < chunks; ++c) {
-    pool.Schedule([&, c] {
+  struct Claims {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto claims = std::make_shared<Claims>();
+  auto work = [claims, chunks, rows, &part] {
+    for (int64_t c; (c = claims->next.fetch_add(1)) < chunks;) {
       part(rows * c / chunks, rows * (c + 1) / chunks);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  part(0, rows / chunks);
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+      claims->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t c = 1; c < chunks; ++c) pool.Schedule([work] { work(); });
+  work();
+  while (claims->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
 
 ffi::Error check_shapes(const ffi::AnyBuffer& seq, const ffi::AnyBuffer& state,
@@ -238,19 +257,21 @@ void backward_typed(ffi::ThreadPool pool, int64_t time, int64_t batch, int64_t u
 ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer dy,
                     ffi::AnyBuffer dh_last, ffi::AnyBuffer w, ffi::AnyBuffer mask,
                     ffi::Result<ffi::AnyBuffer> da, ffi::Result<ffi::AnyBuffer> dh0,
-                    int64_t activation) {
+                    int64_t activation, int64_t with_dy) {
   if (auto error = check_shapes(hs, dh_last, w, mask); error.failure()) return error;
   auto dims = hs.dimensions();
   const int64_t time = dims[0], batch = dims[1], units = dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
   if (hs.element_type() == ffi::DataType::F32) {
     backward_typed<float>(pool, time, batch, units, hs.typed_data<float>(),
-                          dy.typed_data<float>(), dh_last.typed_data<float>(),
+                          with_dy ? dy.typed_data<float>() : nullptr,
+                          dh_last.typed_data<float>(),
                           w.typed_data<float>(), m, activation, da->typed_data<float>(),
                           dh0->typed_data<float>());
   } else if (hs.element_type() == ffi::DataType::F64) {
     backward_typed<double>(pool, time, batch, units, hs.typed_data<double>(),
-                           dy.typed_data<double>(), dh_last.typed_data<double>(),
+                           with_dy ? dy.typed_data<double>() : nullptr,
+                           dh_last.typed_data<double>(),
                            w.typed_data<double>(), m, activation, da->typed_data<double>(),
                            dh0->typed_data<double>());
   } else {
@@ -281,4 +302,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnSimpleBackward, Backward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("with_dy"));

@@ -5,7 +5,8 @@ loop iteration's bookkeeping, at ~38 GFLOP/s on the development CPU
 (``bench/loop_overhead.py``). The kernels in ``native/simple_rnn.cc`` run all ``T`` steps
 of a layer in one XLA FFI call: the batch rows are independent recurrences, so they are
 split into one chunk per thread of XLA's CPU thread pool, each chunk running its steps
-with register-blocked row matmuls and no synchronisation between chunks.
+with register-blocked row matmuls and no synchronisation between chunks (chunks are
+claimed, so a call on a busy, shared pool runs unclaimed chunks itself).
 
 Forward: the states ``hs (time, batch, units)`` (held through masked steps), outputs
 ``where(mask, hs, 0)``. Backward (``jax.custom_vjp``): the kernel runs the reverse loop
@@ -31,6 +32,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from stackrnn_jax import native
 from stackrnn_jax.strategies import scan_vjp
@@ -40,45 +42,54 @@ ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attrib
 DTYPES = (jnp.float32, jnp.float64)
 
 
-def _ffi(name, outputs, *args, activation):
+def _ffi(name, outputs, *args, **attributes):
     call = jax.ffi.ffi_call(name, outputs, vmap_method="sequential")
-    return call(*args, activation=np.int64(ACTIVATION_CODES[activation]))
+    return call(*args, **{key: np.int64(value) for key, value in attributes.items()})
 
 
-def _states(activation, w_h, h0, xw, mask):
-    """``hs (time, batch, units)``: the carry after each step, held where masked."""
-    return _ffi("stackrnn_simple_forward", jax.ShapeDtypeStruct(xw.shape, xw.dtype),
-                xw, h0, w_h, mask, activation=activation)
+def _forward(activation, masked, w_h, h0, xw, mask):
+    """``(ys, final), hs``: outputs, the carry after the last step, the states."""
+    hs = _ffi("stackrnn_simple_forward", jax.ShapeDtypeStruct(xw.shape, xw.dtype),
+              xw, h0, w_h, mask, activation=ACTIVATION_CODES[activation])
+    ys = jnp.where(mask[..., None], hs, jnp.zeros_like(hs)) if masked else hs
+    return (ys, hs[-1]), hs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(activation, w_h, h0, xw, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(activation, masked, w_h, h0, xw, mask):
     """``w_h (units, units)``, ``h0 (batch, units)``, ``xw (time, batch, units)``,
-    ``mask (time, batch)`` bool -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` and the
-    carry after the last step (``hs[-1]``)."""
-    return _recurrence_fwd(activation, w_h, h0, xw, mask)[0]
+    ``mask (time, batch)`` bool (all True when not ``masked``) -> ``(ys, final)``:
+    ``ys = where(mask, hs, 0)`` and the carry after the last step (``hs[-1]``)."""
+    return _forward(activation, masked, w_h, h0, xw, mask)[0]
 
 
-def _recurrence_fwd(activation, w_h, h0, xw, mask):
-    hs = _states(activation, w_h, h0, xw, mask)
-    ys = jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
-    return (ys, hs[-1]), (w_h, h0, hs, mask)
+def _recurrence_fwd(activation, masked, w_h, h0, xw, mask):
+    # symbolic_zeros=True hands the primals over wrapped (value, perturbed).
+    w_h, h0, xw, mask = (primal.value for primal in (w_h, h0, xw, mask))
+    outputs, hs = _forward(activation, masked, w_h, h0, xw, mask)
+    return outputs, (w_h, h0, hs, mask)
 
 
-def _recurrence_bwd(activation, residuals, cotangents):
+def _recurrence_bwd(activation, masked, residuals, cotangents):
     w_h, h0, hs, mask = residuals
     d_ys, d_final = cotangents
+    # An unused output's cotangent arrives as a symbolic zero: a layer read only through
+    # its final state (the top of a classifier) passes no (time, batch, units) zeros.
+    with_dy = not isinstance(d_ys, SymbolicZero)
+    if isinstance(d_final, SymbolicZero):
+        d_final = jnp.zeros_like(h0)
     da, dh0 = _ffi("stackrnn_simple_backward",
                    (jax.ShapeDtypeStruct(hs.shape, hs.dtype),
                     jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
-                   hs, d_ys, d_final, w_h, mask, activation=activation)
+                   hs, d_ys if with_dy else hs, d_final, w_h, mask,
+                   activation=ACTIVATION_CODES[activation], with_dy=with_dy)
     # One (units, time*batch) @ (time*batch, units) matmul for the recurrent kernel.
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ da.reshape(-1, da.shape[-1])
     return d_w, dh0, da, None
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd, symbolic_zeros=True)
 
 
 @functools.cache
@@ -103,8 +114,9 @@ def run_layer(cell, params, xw, mask, carry, *, unroll=1):
     if not covers(cell, dtype):
         return scan_vjp.run_layer(cell, params, xw, mask, carry, unroll=unroll)
     steps = jnp.ones(xw.shape[:2], bool) if mask is None else mask[..., 0]
-    ys, final = _recurrence(cell.activation, params["recurrent_kernel"].astype(dtype),
-                            carry[0].astype(dtype), xw.astype(dtype), steps)
+    ys, final = _recurrence(cell.activation, mask is not None,
+                            params["recurrent_kernel"].astype(dtype), carry[0].astype(dtype),
+                            xw.astype(dtype), steps)
     return ys, (final,)
 
 
