@@ -178,17 +178,15 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
 }
 
 // Runs part(begin, end) on chunks of [0, rows), rows being independent recurrences: this
-// thread and up to one task per other thread of XLA's intra-op pool each claim chunks
-// until none is left. The caller then waits only for chunks already claimed, which are
-// running: if the pool is busy (several devices, concurrent calls) and a task has not
-// started, this thread runs the chunks itself, and the late task finds nothing left to
-// claim. The claim counters live on the heap: a late task may start after this returns.
+// thread and up to chunks-1 tasks on XLA's intra-op pool each claim chunks until none is
+// left. The caller then waits only for chunks already claimed, which are running: if the
+// pool is busy (several devices, concurrent calls) and a task has not started, this
+// thread runs its chunk itself, and the late task finds nothing left to claim. The claim
+// counters live on the heap, since a late task may start after this call has returned.
 template <typename Part>
 void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
-  // Chunks of 4 rows (the register block above), claimed one at a time: a thread that
-  // is slowed down (another process on its core) ends up with fewer of them.
-  const int64_t chunks = std::max<int64_t>(1, rows / 4);
-  const int64_t helpers = std::min<int64_t>(chunks, pool.num_threads()) - 1;
+  // At least 4 rows a chunk (the register block above), at most one chunk a thread.
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 4, pool.num_threads()));
   struct Claims {
     std::atomic<int64_t> next{0}, done{0};
   };
@@ -199,7 +197,7 @@ void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
       claims->done.fetch_add(1, std::memory_order_release);
     }
   };
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
+  for (int64_t c = 1; c < chunks; ++c) pool.Schedule([work] { work(); });
   work();
   while (claims->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
