@@ -182,7 +182,8 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
 // left. The caller then waits only for chunks already claimed, which are running: if the
 // pool is busy (several devices, concurrent calls) and a task has not started, this
 // thread runs its chunk itself, and the late task finds nothing left to claim. The claim
-// counters live on the heap, since a late task may start after this call has returned.
+// counters live on the heap: a late task may start after this call has returned. (Chunks
+// of 4 rows claimed one at a time, to balance a slowed core, measured 10-15% slower.)
 template <typename Part>
 void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
   // At least 4 rows a chunk (the register block above), at most one chunk a thread.
