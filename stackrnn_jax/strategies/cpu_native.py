@@ -78,14 +78,12 @@ def _recurrence_bwd(activation, masked, residuals, cotangents):
     with_dy = not isinstance(d_ys, SymbolicZero)
     if isinstance(d_final, SymbolicZero):
         d_final = jnp.zeros_like(h0)
-    da, dh0 = _ffi("stackrnn_simple_backward",
-                   (jax.ShapeDtypeStruct(hs.shape, hs.dtype),
-                    jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
-                   hs, d_ys if with_dy else hs, d_final, w_h, mask,
-                   activation=ACTIVATION_CODES[activation], with_dy=with_dy)
-    # One (units, time*batch) @ (time*batch, units) matmul for the recurrent kernel.
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ da.reshape(-1, da.shape[-1])
+    da, dh0, d_w = _ffi("stackrnn_simple_backward",
+                        (jax.ShapeDtypeStruct(hs.shape, hs.dtype),
+                         jax.ShapeDtypeStruct(h0.shape, h0.dtype),
+                         jax.ShapeDtypeStruct(w_h.shape, w_h.dtype)),
+                        hs, h0, d_ys if with_dy else hs, d_final, w_h, mask,
+                        activation=ACTIVATION_CODES[activation], with_dy=with_dy)
     return d_w, dh0, da, None
 
 
