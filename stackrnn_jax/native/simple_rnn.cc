@@ -139,20 +139,21 @@ void forward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t u
   }
 }
 
-// out (n, n) += sum over segments s of a_s^T d_s, each a_s, d_s (rows, n) row-major: the
-// recurrent kernel's gradient H_prev^T dA over a block of steps. Output tiles (4 rows by
-// a register tile of columns) stay in registers across all the block's rows.
+// out (m, n) += sum over segments s of a_s^T d_s, a_s (rows, m) and d_s (rows, n)
+// row-major: a weight gradient (H_prev^T dA or X^T dA) over a block of steps. Output tiles
+// (4 rows by a register tile of columns) stay in registers across the block's rows.
 template <typename T>
 __attribute__((noinline)) void add_transposed_products(const T* const* __restrict a,
                                                        const T* const* __restrict d,
                                                        int64_t segments, int64_t rows,
-                                                       T* __restrict out, int64_t n) {
+                                                       T* __restrict out, int64_t m,
+                                                       int64_t n) {
   constexpr int64_t kTile = 128 / sizeof(T);
   constexpr int64_t kI = 4;
   int64_t j0 = 0;
   for (; j0 + kTile <= n; j0 += kTile) {
     int64_t i0 = 0;
-    for (; i0 + kI <= n; i0 += kI) {
+    for (; i0 + kI <= m; i0 += kI) {
       T acc[kI][kTile];
       for (int64_t i = 0; i < kI; ++i)
         for (int64_t j = 0; j < kTile; ++j) acc[i][j] = out[(i0 + i) * n + j0 + j];
@@ -161,7 +162,7 @@ __attribute__((noinline)) void add_transposed_products(const T* const* __restric
         const T* __restrict ds = d[s];
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t i = 0; i < kI; ++i) {
-            const T x = as[r * n + i0 + i];
+            const T x = as[r * m + i0 + i];
             for (int64_t j = 0; j < kTile; ++j) acc[i][j] += x * ds[r * n + j0 + j];
           }
         }
@@ -169,26 +170,27 @@ __attribute__((noinline)) void add_transposed_products(const T* const* __restric
       for (int64_t i = 0; i < kI; ++i)
         for (int64_t j = 0; j < kTile; ++j) out[(i0 + i) * n + j0 + j] = acc[i][j];
     }
-    for (; i0 < n; ++i0)
+    for (; i0 < m; ++i0)
       for (int64_t s = 0; s < segments; ++s)
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t j = 0; j < kTile; ++j)
-            out[i0 * n + j0 + j] += a[s][r * n + i0] * d[s][r * n + j0 + j];
+            out[i0 * n + j0 + j] += a[s][r * m + i0] * d[s][r * n + j0 + j];
   }
   for (; j0 < n; ++j0)
-    for (int64_t i = 0; i < n; ++i)
+    for (int64_t i = 0; i < m; ++i)
       for (int64_t s = 0; s < segments; ++s)
-        for (int64_t r = 0; r < rows; ++r) out[i * n + j0] += a[s][r * n + i] * d[s][r * n + j0];
+        for (int64_t r = 0; r < rows; ++r) out[i * n + j0] += a[s][r * m + i] * d[s][r * n + j0];
 }
 
 template <typename T>
 void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t units,
-                   const T* hs, const T* h0, const T* dy, const T* dh_last, const T* w_t,
-                   const bool* mask, int64_t activation, T* da, T* dh, T* dw) {
+                   int64_t inputs, const T* hs, const T* h0, const T* xs, const T* dy,
+                   const T* dh_last, const T* w_t, const bool* mask, int64_t activation,
+                   T* da, T* dh, T* dw, T* dwx) {
   const int64_t step = batch * units;
   constexpr int64_t kBlock = 16;  // steps per dW update: their rows are still in cache
   std::vector<T> zeros(batch * units, T(0)), product(batch * units);
-  std::vector<const T*> block_a, block_d;
+  std::vector<const T*> block_a, block_x, block_d;
   std::copy(dh_last + b0 * units, dh_last + b1 * units, dh + b0 * units);
   for (int64_t t = time - 1; t >= 0; --t) {
     T* d = da + t * step;
@@ -220,11 +222,15 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
       }
     }
     block_a.push_back((t == 0 ? h0 : hs + (t - 1) * step) + b0 * units);  // H_prev rows
+    block_x.push_back(xs + (t * batch + b0) * inputs);                      // X rows
     block_d.push_back(d + b0 * units);
     if (static_cast<int64_t>(block_a.size()) == kBlock || t == 0) {
       add_transposed_products(block_a.data(), block_d.data(), block_a.size(), b1 - b0, dw,
-                              units);
+                              units, units);
+      add_transposed_products(block_x.data(), block_d.data(), block_x.size(), b1 - b0, dwx,
+                              inputs, units);
       block_a.clear();
+      block_x.clear();
       block_d.clear();
     }
   }
@@ -297,44 +303,54 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer h0, f
 
 template <typename T>
 void backward_typed(ffi::ThreadPool pool, int64_t time, int64_t batch, int64_t units,
-                    const T* hs, const T* h0, const T* dy, const T* dh_last, const T* w,
-                    const bool* mask, int64_t activation, T* da, T* dh0, T* dw) {
+                    int64_t inputs, const T* hs, const T* h0, const T* xs, const T* dy,
+                    const T* dh_last, const T* w, const bool* mask, int64_t activation, T* da,
+                    T* dh0, T* dw, T* dwx) {
   std::vector<T> w_t(units * units);  // W^T, so that dh <- da W^T reads rows
   for (int64_t i = 0; i < units; ++i)
     for (int64_t j = 0; j < units; ++j) w_t[j * units + i] = w[i * units + j];
   std::fill(dw, dw + units * units, T(0));
-  std::mutex sum;  // each chunk adds its rows' share of dW once, at its end
+  std::fill(dwx, dwx + inputs * units, T(0));
+  std::mutex sum;  // each chunk adds its rows' share of the weight gradients once, at its end
   over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
-    std::vector<T> part(units * units, T(0));
-    backward_rows<T>(b0, b1, time, batch, units, hs, h0, dy, dh_last, w_t.data(), mask,
-                     activation, da, dh0, part.data());
+    std::vector<T> part(units * units, T(0)), part_x(inputs * units, T(0));
+    backward_rows<T>(b0, b1, time, batch, units, inputs, hs, h0, xs, dy, dh_last, w_t.data(),
+                     mask, activation, da, dh0, part.data(), part_x.data());
     std::lock_guard<std::mutex> hold(sum);
     for (int64_t i = 0; i < units * units; ++i) dw[i] += part[i];
+    for (int64_t i = 0; i < inputs * units; ++i) dwx[i] += part_x[i];
   });
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer h0,
-                    ffi::AnyBuffer dy, ffi::AnyBuffer dh_last, ffi::AnyBuffer w,
-                    ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> da,
+                    ffi::AnyBuffer xs, ffi::AnyBuffer dy, ffi::AnyBuffer dh_last,
+                    ffi::AnyBuffer w, ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> da,
                     ffi::Result<ffi::AnyBuffer> dh0, ffi::Result<ffi::AnyBuffer> dw,
-                    int64_t activation, int64_t with_dy) {
+                    ffi::Result<ffi::AnyBuffer> dwx, int64_t activation, int64_t with_dy) {
   if (auto error = check_shapes(hs, dh_last, w, mask); error.failure()) return error;
   if (auto error = check_shapes(hs, h0, w, mask); error.failure()) return error;
-  auto dims = hs.dimensions();
+  auto dims = hs.dimensions(), x_dims = xs.dimensions();
   const int64_t time = dims[0], batch = dims[1], units = dims[2];
+  if (x_dims.size() != 3 || x_dims[0] != time || x_dims[1] != batch ||
+      xs.element_type() != hs.element_type()) {
+    return ffi::Error::InvalidArgument("stackrnn simple_rnn: inputs do not match the states");
+  }
+  const int64_t inputs = x_dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
   if (hs.element_type() == ffi::DataType::F32) {
-    backward_typed<float>(pool, time, batch, units, hs.typed_data<float>(),
-                          h0.typed_data<float>(), with_dy ? dy.typed_data<float>() : nullptr,
+    backward_typed<float>(pool, time, batch, units, inputs, hs.typed_data<float>(),
+                          h0.typed_data<float>(), xs.typed_data<float>(),
+                          with_dy ? dy.typed_data<float>() : nullptr,
                           dh_last.typed_data<float>(), w.typed_data<float>(), m, activation,
                           da->typed_data<float>(), dh0->typed_data<float>(),
-                          dw->typed_data<float>());
+                          dw->typed_data<float>(), dwx->typed_data<float>());
   } else if (hs.element_type() == ffi::DataType::F64) {
-    backward_typed<double>(pool, time, batch, units, hs.typed_data<double>(),
-                           h0.typed_data<double>(), with_dy ? dy.typed_data<double>() : nullptr,
+    backward_typed<double>(pool, time, batch, units, inputs, hs.typed_data<double>(),
+                           h0.typed_data<double>(), xs.typed_data<double>(),
+                           with_dy ? dy.typed_data<double>() : nullptr,
                            dh_last.typed_data<double>(), w.typed_data<double>(), m,
                            activation, da->typed_data<double>(), dh0->typed_data<double>(),
-                           dw->typed_data<double>());
+                           dw->typed_data<double>(), dwx->typed_data<double>());
   } else {
     return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
   }
@@ -362,6 +378,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnSimpleBackward, Backward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()

@@ -8,12 +8,14 @@ split into one chunk per thread of XLA's CPU thread pool, each chunk running its
 with register-blocked row matmuls and no synchronisation between chunks (chunks are
 claimed, so a call on a busy, shared pool runs unclaimed chunks itself).
 
-Forward: the states ``hs (time, batch, units)`` (held through masked steps), outputs
-``where(mask, hs, 0)``. Backward (``jax.custom_vjp``): the kernel runs the reverse loop
+Forward: ``xw = xs W_x + b`` for all steps (one XLA matmul), then the kernel: the states
+``hs (time, batch, units)`` (held through masked steps); outputs ``where(mask, hs, 0)``.
+Backward (``jax.custom_vjp`` over the whole layer): the kernel runs the reverse loop
 ``da_t = (dh + dy_t) * act'(h_t)``, ``dh <- da_t W_h^T`` (``act'`` read off the stored
-``h_t``, as ``scan_vjp``) and returns ``d(xw) = dA`` and the initial state's gradient;
-``dW_h = H_prev^T dA`` is one large matmul in XLA, and ``dW_x``, ``db`` and the layer
-input's gradient come from autodiff of the hoisted projection, as in ``scan_vjp``.
+``h_t``, as ``scan_vjp``) and, every 16 steps while their rows are still in cache, adds
+those steps' ``H_prev^T dA`` and ``X^T dA`` to ``dW_h`` and ``dW_x``; it returns them with
+``dA`` and the initial state's gradient. ``db = sum(dA)`` and the input's gradient
+``dA W_x^T`` (one large matmul) are left to XLA.
 
 What it covers: the SimpleRNN (tanh or relu) in float32 or float64, on the CPU backend,
 with masks, initial states, dropout between layers and both directions. Anything else —
@@ -36,7 +38,6 @@ from jax.custom_derivatives import SymbolicZero
 
 from stackrnn_jax import native
 from stackrnn_jax.strategies import scan_vjp
-from stackrnn_jax.strategies.common import layer_by_layer
 
 ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
 DTYPES = (jnp.float32, jnp.float64)
@@ -47,8 +48,9 @@ def _ffi(name, outputs, *args, **attributes):
     return call(*args, **{key: np.int64(value) for key, value in attributes.items()})
 
 
-def _forward(activation, masked, w_h, h0, xw, mask):
+def _forward(activation, masked, w_x, b, w_h, h0, xs, mask):
     """``(ys, final), hs``: outputs, the carry after the last step, the states."""
+    xw = xs @ w_x + b  # the input term of every step: one large matmul
     hs = _ffi("stackrnn_simple_forward", jax.ShapeDtypeStruct(xw.shape, xw.dtype),
               xw, h0, w_h, mask, activation=ACTIVATION_CODES[activation])
     ys = jnp.where(mask[..., None], hs, jnp.zeros_like(hs)) if masked else hs
@@ -56,38 +58,40 @@ def _forward(activation, masked, w_h, h0, xw, mask):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(activation, masked, w_h, h0, xw, mask):
-    """``w_h (units, units)``, ``h0 (batch, units)``, ``xw (time, batch, units)``,
-    ``mask (time, batch)`` bool (all True when not ``masked``) -> ``(ys, final)``:
-    ``ys = where(mask, hs, 0)`` and the carry after the last step (``hs[-1]``)."""
-    return _forward(activation, masked, w_h, h0, xw, mask)[0]
+def _layer(activation, masked, w_x, b, w_h, h0, xs, mask):
+    """One layer: ``w_x (inputs, units)``, ``b (units,)``, ``w_h (units, units)``,
+    ``h0 (batch, units)``, ``xs (time, batch, inputs)``, ``mask (time, batch)`` bool (all
+    True when not ``masked``) -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` and the
+    carry after the last step (``hs[-1]``)."""
+    return _forward(activation, masked, w_x, b, w_h, h0, xs, mask)[0]
 
 
-def _recurrence_fwd(activation, masked, w_h, h0, xw, mask):
+def _layer_fwd(activation, masked, w_x, b, w_h, h0, xs, mask):
     # symbolic_zeros=True hands the primals over wrapped (value, perturbed).
-    w_h, h0, xw, mask = (primal.value for primal in (w_h, h0, xw, mask))
-    outputs, hs = _forward(activation, masked, w_h, h0, xw, mask)
-    return outputs, (w_h, h0, hs, mask)
+    w_x, b, w_h, h0, xs, mask = (p.value for p in (w_x, b, w_h, h0, xs, mask))
+    outputs, hs = _forward(activation, masked, w_x, b, w_h, h0, xs, mask)
+    return outputs, (w_x, w_h, h0, xs, hs, mask)
 
 
-def _recurrence_bwd(activation, masked, residuals, cotangents):
-    w_h, h0, hs, mask = residuals
+def _layer_bwd(activation, masked, residuals, cotangents):
+    w_x, w_h, h0, xs, hs, mask = residuals
     d_ys, d_final = cotangents
     # An unused output's cotangent arrives as a symbolic zero: a layer read only through
     # its final state (the top of a classifier) passes no (time, batch, units) zeros.
     with_dy = not isinstance(d_ys, SymbolicZero)
     if isinstance(d_final, SymbolicZero):
         d_final = jnp.zeros_like(h0)
-    da, dh0, d_w = _ffi("stackrnn_simple_backward",
-                        (jax.ShapeDtypeStruct(hs.shape, hs.dtype),
-                         jax.ShapeDtypeStruct(h0.shape, h0.dtype),
-                         jax.ShapeDtypeStruct(w_h.shape, w_h.dtype)),
-                        hs, h0, d_ys if with_dy else hs, d_final, w_h, mask,
-                        activation=ACTIVATION_CODES[activation], with_dy=with_dy)
-    return d_w, dh0, da, None
+    da, dh0, d_wh, d_wx = _ffi(
+        "stackrnn_simple_backward",
+        tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (hs, h0, w_h, w_x)),
+        hs, h0, xs, d_ys if with_dy else hs, d_final, w_h, mask,
+        activation=ACTIVATION_CODES[activation], with_dy=with_dy)
+    # The kernel summed H_prev^T dA and X^T dA while each block of steps was in cache;
+    # the input's gradient is one large matmul.
+    return d_wx, da.sum(axis=(0, 1)), d_wh, dh0, da @ w_x.T, None
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd, symbolic_zeros=True)
+_layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
 @functools.cache
@@ -106,16 +110,26 @@ def covers(cell, dtype) -> bool:
             and jax.default_backend() == "cpu" and _warn_unavailable())
 
 
-def run_layer(cell, params, xw, mask, carry, *, unroll=1):
-    """One layer over ``xw (time, batch, units)``; ``mask (time, batch, 1)`` or None."""
-    dtype = jnp.result_type(xw, carry[0], params["recurrent_kernel"])
-    if not covers(cell, dtype):
-        return scan_vjp.run_layer(cell, params, xw, mask, carry, unroll=unroll)
-    steps = jnp.ones(xw.shape[:2], bool) if mask is None else mask[..., 0]
-    ys, final = _recurrence(cell.activation, mask is not None,
-                            params["recurrent_kernel"].astype(dtype), carry[0].astype(dtype),
-                            xw.astype(dtype), steps)
-    return ys, (final,)
-
-
-run_stack = layer_by_layer(run_layer)
+def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
+    """The strategy (``common.py`` contract). Unlike ``common.layer_by_layer``, a layer the
+    kernels cover takes its input ``xs`` rather than the projection ``xs W_x + b``, so that
+    its backward kernel also forms ``dW_x``."""
+    step_mask = None if mask is None else mask[..., None]
+    ys, finals = xs, []
+    for index, params in enumerate(layers):
+        if index > 0 and between[index - 1] is not None:
+            ys = ys * between[index - 1]
+        carry = carries[index]
+        dtype = jnp.result_type(ys, carry[0], params["recurrent_kernel"])
+        if covers(cell, dtype):
+            steps = jnp.ones(ys.shape[:2], bool) if mask is None else mask
+            ys, final = _layer(cell.activation, mask is not None,
+                               *(params[k].astype(dtype)
+                                 for k in ("kernel", "bias", "recurrent_kernel")),
+                               carry[0].astype(dtype), ys.astype(dtype), steps)
+            finals.append((final,))
+        else:
+            ys, final = scan_vjp.run_layer(cell, params, cell.project(params, ys), step_mask,
+                                           carry, unroll=unroll)
+            finals.append(final)
+    return ys, finals
