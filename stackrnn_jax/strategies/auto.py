@@ -81,11 +81,13 @@ RULES: tuple[Rule, ...] = (
          why=f"SimpleRNN: each layer's time loop in one compiled call, the batch rows "
              f"split over the cores (XLA runs a scan step's small matmul on one core); "
              f"train steps, T 500, batch 32 unless noted, side by side with scan_vjp and "
-             f"scan: 2x64 19.2 vs 29.2 vs 39.5 ms (default suite, where Keras took 39.3 and "
-             f"Flax 38.8), T 50 3.8 vs 4.9, T 2000 125 vs 147; in one sweep run 1x64 11.7 vs "
-             f"18.5, 4x64 60 vs 85, 8x64 115 vs 170, 2x32 9.6 vs 18.9, 2x128 61 vs 105, "
-             f"2x256 208 vs 256, batch 1 2.6 vs 3.4, batch 8 7.7 vs 11.1, batch 128 137 vs "
-             f"168, batch 512 606 vs 611 [{_CPU_KEEP}]"),
+             f"scan: 2x64 14.5 vs 30.4 vs 37.1 ms (default suite, where Keras took 39.8 and "
+             f"Flax 39.3), T 100 3.6 vs 5.9, T 2000 92 vs 181; T 50 is noise-level (3.6 vs "
+             f"3.2 in that run, 3.8 vs 4.9 in the one before). With the first version of "
+             f"the kernel, in one sweep run: 1x64 11.7 vs 18.5, 4x64 60 vs 85, 8x64 115 vs "
+             f"170, 2x32 9.6 vs 18.9, 2x128 61 vs 105, 2x256 208 vs 256, batch 1 2.6 vs 3.4, "
+             f"batch 8 7.7 vs 11.1, batch 128 137 vs 168, batch 512 606 vs 611 "
+             f"[{_CPU_KEEP}]"),
     Rule("scan_vjp", backends=("cpu",), cells=("simple",),
          why=f"SimpleRNN: the hand-scheduled backward pass carries only the state cotangent "
              f"and forms the weight gradients after the loop as single large matmuls; "
