@@ -10,12 +10,15 @@
 // Backward: da[t, b] = (dh[b] + dy[t, b]) * act'(hs[t, b]), dh[b] <- da[t, b] @ W^T
 //           where mask[t, b]; else da[t, b] = 0 and dh[b] passes through. with_dy = 0:
 //           the outputs have no cotangent (dy is not read; a layer read only through
-//           its final state). Returns
-//           dxw = da (time, batch, units) and dh0 = dh after step 0.
-// The weight gradient dW = H_prev^T dA is left to XLA as one large matmul.
+//           its final state). Returns dxw = da (time, batch, units), dh0 = dh after
+//           step 0, and the weight gradients dW = H_prev^T dA (H_prev[t] = hs[t-1], h0
+//           at t = 0) and dW_x = X^T dA, summed every 16 steps while their rows are in
+//           cache (XLA's (units, time*batch) @ (time*batch, units) matmuls ran at ~55-70
+//           GFLOP/s here, behind copies of their operands).
 //
-// Shapes: xw, hs, dy, da (time, batch, units); h0, dh (batch, units); W (units, units);
-// mask (time, batch) bool. Row-major. activation: 0 tanh, 1 relu.
+// Shapes: xw, hs, dy, da (time, batch, units); xs (time, batch, inputs); h0, dh (batch,
+// units); W (units, units); dW_x (inputs, units); mask (time, batch) bool. Row-major.
+// activation: 0 tanh, 1 relu.
 
 #include <algorithm>
 #include <atomic>
@@ -79,10 +82,11 @@ void activate(T* row, int64_t n, int64_t activation) {
 }
 
 // For rows r < R (each n apart): out[r, j] = add[r, j] + sum_k v[r, k] * w[k, j], w (n, n)
-// row-major. Columns go in tiles of a compile-time width held in registers across the k
-// loop, R rows at a time so that each loaded tile of w serves R rows; the tail columns
-// one by one. Not inlined: inlined into a loop whose rows share one array, the
-// __restrict promises are lost and the tile no longer stays in registers (2.5x slower).
+// row-major; add may be null (a plain product). Columns go in tiles of a compile-time
+// width held in registers across the k loop, R rows at a time so that each loaded tile
+// of w serves R rows; the tail columns one by one. Not inlined: inlined into a loop
+// whose rows share one array, the __restrict promises are lost and the tile no longer
+// stays in registers (2.5x slower).
 template <typename T, int R>
 __attribute__((noinline)) void rows_times(const T* __restrict v, const T* __restrict w,
                                           const T* __restrict add, T* __restrict out,
@@ -92,7 +96,7 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, const T* __rest
   for (; j0 + kTile <= n; j0 += kTile) {
     T acc[R][kTile];
     for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kTile; ++j) acc[r][j] = add[r * n + j0 + j];
+      for (int64_t j = 0; j < kTile; ++j) acc[r][j] = add ? add[r * n + j0 + j] : T(0);
     for (int64_t k = 0; k < n; ++k) {
       const T* __restrict wk = w + k * n + j0;
       for (int r = 0; r < R; ++r) {
@@ -105,20 +109,22 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, const T* __rest
   }
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
-      T acc = add[r * n + j0];
+      T acc = add ? add[r * n + j0] : T(0);
       for (int64_t k = 0; k < n; ++k) acc += v[r * n + k] * w[k * n + j0];
       out[r * n + j0] = acc;
     }
   }
 }
 
-// Rows [b0, b1) of out = add + v @ w, all of them n apart: four at a time, then one.
+// Rows [b0, b1) of out = add + v @ w (add may be null), all of them n apart: four at a
+// time, then one.
 template <typename T>
 void block_times(int64_t b0, int64_t b1, const T* v, const T* w, const T* add, T* out,
                  int64_t n) {
+  auto row = [&](int64_t b) { return add ? add + b * n : nullptr; };
   int64_t b = b0;
-  for (; b + 4 <= b1; b += 4) rows_times<T, 4>(v + b * n, w, add + b * n, out + b * n, n);
-  for (; b < b1; ++b) rows_times<T, 1>(v + b * n, w, add + b * n, out + b * n, n);
+  for (; b + 4 <= b1; b += 4) rows_times<T, 4>(v + b * n, w, row(b), out + b * n, n);
+  for (; b < b1; ++b) rows_times<T, 1>(v + b * n, w, row(b), out + b * n, n);
 }
 
 template <typename T>
@@ -189,7 +195,7 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
                    T* da, T* dh, T* dw, T* dwx) {
   const int64_t step = batch * units;
   constexpr int64_t kBlock = 16;  // steps per dW update: their rows are still in cache
-  std::vector<T> zeros(batch * units, T(0)), product(batch * units);
+  std::vector<T> product(batch * units);
   std::vector<const T*> block_a, block_x, block_d;
   std::copy(dh_last + b0 * units, dh_last + b1 * units, dh + b0 * units);
   for (int64_t t = time - 1; t >= 0; --t) {
@@ -215,7 +221,7 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
         for (int64_t j = 0; j < units; ++j) d_row[j] = h[j] > T(0) ? d_row[j] : T(0);
       }
     }
-    block_times(b0, b1, d, w_t, zeros.data(), product.data(), units);
+    block_times<T>(b0, b1, d, w_t, nullptr, product.data(), units);
     for (int64_t b = b0; b < b1; ++b) {  // a masked step passes dh through
       if (mask[t * batch + b]) {
         std::copy(product.data() + b * units, product.data() + (b + 1) * units, dh + b * units);
@@ -262,6 +268,19 @@ void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
   while (claims->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
 
+// Calls run(T{}) with T the C++ type of a float32 or float64 buffer.
+template <typename Run>
+ffi::Error by_dtype(ffi::DataType dtype, Run run) {
+  if (dtype == ffi::DataType::F32) {
+    run(float{});
+  } else if (dtype == ffi::DataType::F64) {
+    run(double{});
+  } else {
+    return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error check_shapes(const ffi::AnyBuffer& seq, const ffi::AnyBuffer& state,
                         const ffi::AnyBuffer& w, const ffi::AnyBuffer& mask) {
   auto s = seq.dimensions(), h = state.dimensions(), k = w.dimensions(), m = mask.dimensions();
@@ -283,22 +302,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer h0, f
   auto dims = xw.dimensions();
   const int64_t time = dims[0], batch = dims[1], units = dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
-  if (xw.element_type() == ffi::DataType::F32) {
+  return by_dtype(xw.element_type(), [&](auto type) {
+    using T = decltype(type);
     over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
-      forward_rows<float>(b0, b1, time, batch, units, xw.typed_data<float>(),
-                          h0.typed_data<float>(), w.typed_data<float>(), m, activation,
-                          hs->typed_data<float>());
+      forward_rows<T>(b0, b1, time, batch, units, xw.typed_data<T>(), h0.typed_data<T>(),
+                      w.typed_data<T>(), m, activation, hs->typed_data<T>());
     });
-  } else if (xw.element_type() == ffi::DataType::F64) {
-    over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
-      forward_rows<double>(b0, b1, time, batch, units, xw.typed_data<double>(),
-                           h0.typed_data<double>(), w.typed_data<double>(), m, activation,
-                           hs->typed_data<double>());
-    });
-  } else {
-    return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
-  }
-  return ffi::Error::Success();
+  });
 }
 
 template <typename T>
@@ -337,24 +347,14 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer h0,
   }
   const int64_t inputs = x_dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
-  if (hs.element_type() == ffi::DataType::F32) {
-    backward_typed<float>(pool, time, batch, units, inputs, hs.typed_data<float>(),
-                          h0.typed_data<float>(), xs.typed_data<float>(),
-                          with_dy ? dy.typed_data<float>() : nullptr,
-                          dh_last.typed_data<float>(), w.typed_data<float>(), m, activation,
-                          da->typed_data<float>(), dh0->typed_data<float>(),
-                          dw->typed_data<float>(), dwx->typed_data<float>());
-  } else if (hs.element_type() == ffi::DataType::F64) {
-    backward_typed<double>(pool, time, batch, units, inputs, hs.typed_data<double>(),
-                           h0.typed_data<double>(), xs.typed_data<double>(),
-                           with_dy ? dy.typed_data<double>() : nullptr,
-                           dh_last.typed_data<double>(), w.typed_data<double>(), m,
-                           activation, da->typed_data<double>(), dh0->typed_data<double>(),
-                           dw->typed_data<double>(), dwx->typed_data<double>());
-  } else {
-    return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
-  }
-  return ffi::Error::Success();
+  return by_dtype(hs.element_type(), [&](auto type) {
+    using T = decltype(type);
+    backward_typed<T>(pool, time, batch, units, inputs, hs.typed_data<T>(),
+                      h0.typed_data<T>(), xs.typed_data<T>(),
+                      with_dy ? dy.typed_data<T>() : nullptr, dh_last.typed_data<T>(),
+                      w.typed_data<T>(), m, activation, da->typed_data<T>(),
+                      dh0->typed_data<T>(), dw->typed_data<T>(), dwx->typed_data<T>());
+  });
 }
 
 }  // namespace

@@ -32,11 +32,13 @@ def masked_step(cell, params, carry, xw_t, m_t):
     return new, jnp.where(m_t, new[0], jnp.zeros_like(new[0]))
 
 
-def layer_by_layer(run_layer):
+def layer_by_layer(run_layer, *, projected: bool = True):
     """Make a whole-stack strategy from a one-layer runner.
 
     ``run_layer(cell, params, xw, mask, carry, *, unroll) -> (ys, carry)`` gets the
-    hoisted input projection ``xw (time, batch, gates*units)`` of its layer.
+    hoisted input projection ``xw (time, batch, gates*units)`` of its layer, or with
+    ``projected=False`` the layer's input ``xs (time, batch, features)`` itself (a runner
+    that forms the projection, and its gradient, on its own).
     """
 
     def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
@@ -46,8 +48,8 @@ def layer_by_layer(run_layer):
             if index > 0 and between[index - 1] is not None:
                 xs = xs * between[index - 1]
             # The input term for every timestep in one matmul, outside the time loop.
-            xw = cell.project(params, xs)
-            xs, carry = run_layer(cell, params, xw, mask, carries[index], unroll=unroll)
+            inputs = cell.project(params, xs) if projected else xs
+            xs, carry = run_layer(cell, params, inputs, mask, carries[index], unroll=unroll)
             finals.append(carry)
         return xs, finals
 

@@ -38,6 +38,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from stackrnn_jax import native
 from stackrnn_jax.strategies import scan_vjp
+from stackrnn_jax.strategies.common import layer_by_layer
 
 ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
 DTYPES = (jnp.float32, jnp.float64)
@@ -110,26 +111,19 @@ def covers(cell, dtype) -> bool:
             and jax.default_backend() == "cpu" and _warn_unavailable())
 
 
-def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
-    """The strategy (``common.py`` contract). Unlike ``common.layer_by_layer``, a layer the
-    kernels cover takes its input ``xs`` rather than the projection ``xs W_x + b``, so that
-    its backward kernel also forms ``dW_x``."""
-    step_mask = None if mask is None else mask[..., None]
-    ys, finals = xs, []
-    for index, params in enumerate(layers):
-        if index > 0 and between[index - 1] is not None:
-            ys = ys * between[index - 1]
-        carry = carries[index]
-        dtype = jnp.result_type(ys, carry[0], params["recurrent_kernel"])
-        if covers(cell, dtype):
-            steps = jnp.ones(ys.shape[:2], bool) if mask is None else mask
-            ys, final = _layer(cell.activation, mask is not None,
-                               *(params[k].astype(dtype)
-                                 for k in ("kernel", "bias", "recurrent_kernel")),
-                               carry[0].astype(dtype), ys.astype(dtype), steps)
-            finals.append((final,))
-        else:
-            ys, final = scan_vjp.run_layer(cell, params, cell.project(params, ys), step_mask,
-                                           carry, unroll=unroll)
-            finals.append(final)
-    return ys, finals
+def run_layer(cell, params, xs, mask, carry, *, unroll=1):
+    """One layer over its input ``xs (time, batch, features)``; ``mask (time, batch, 1)`` or
+    None. The layer's custom VJP spans the projection too, so that the backward kernel
+    also forms ``dW_x``."""
+    dtype = jnp.result_type(xs, carry[0], params["recurrent_kernel"])
+    if not covers(cell, dtype):
+        return scan_vjp.run_layer(cell, params, cell.project(params, xs), mask, carry,
+                                  unroll=unroll)
+    steps = jnp.ones(xs.shape[:2], bool) if mask is None else mask[..., 0]
+    weights = (params[k].astype(dtype) for k in ("kernel", "bias", "recurrent_kernel"))
+    ys, final = _layer(cell.activation, mask is not None, *weights, carry[0].astype(dtype),
+                       xs.astype(dtype), steps)
+    return ys, (final,)
+
+
+run_stack = layer_by_layer(run_layer, projected=False)
