@@ -55,17 +55,16 @@ def bench_strategies_registered():
     They are added to the registry for the duration of the block and removed after, so
     nothing outside the benchmark ever sees them.
     """
-    from stackrnn_jax.strategies import STRATEGIES
+    from stackrnn_jax.strategies import STRATEGIES, register, unregister
 
-    added = {}
-    if "fori" not in STRATEGIES:
-        added["fori"] = fori_run_stack
-    STRATEGIES.update(added)
+    added = [name for name in ("fori",) if name not in STRATEGIES]
+    for name in added:
+        register(name, fori_run_stack)
     try:
         yield
     finally:
         for name in added:
-            STRATEGIES.pop(name, None)
+            unregister(name)
 
 
 @dataclasses.dataclass(frozen=True)

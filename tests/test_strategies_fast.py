@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from stackrnn_jax import STRATEGIES, make_cell, native, stacked_rnn
+from stackrnn_jax import STRATEGIES, init_params, make_cell, native, stacked_rnn
+from stackrnn_jax.ops.recurrent_split import head, recurrent_matmul
 from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.strategies import auto
-from stackrnn_jax.strategies.recurrent_split import head, recurrent_matmul
 
 CELLS = ["simple", "lstm", "gru"]
 FORWARD = ["fused", "wavefront", "scan_vjp", "cpu_native"]  # scan_vjp_remat: scan_vjp's forward
@@ -365,3 +365,28 @@ def test_auto_matches_reference():
     kw = dict(cell="lstm", lengths=LENGTHS, padding="pre", return_sequences=True)
     ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="auto", **kw))(params, x)
     assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
+
+
+def test_registry_refuses_a_taken_name_and_unregisters():
+    from stackrnn_jax.strategies import register, unregister
+    with pytest.raises(ValueError, match="already registered"):
+        register("scan", STRATEGIES["loop"])
+    assert register("spare", STRATEGIES["scan"]) is STRATEGIES["scan"]
+    unregister("spare")
+    assert "spare" not in STRATEGIES
+    with pytest.raises(ValueError, match="unknown strategy 'spare'"):
+        stacked_rnn(init_params(jax.random.PRNGKey(0), 2, 3), jnp.ones((1, 2, 2)),
+                    strategy="spare")
+
+
+def test_strategies_package_lists_only_strategies():
+    """Every module of ``strategies/`` but the shared two is a strategy a user can pick."""
+    import importlib
+    import pkgutil
+
+    import stackrnn_jax.strategies as package
+    names = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"common", "registry"}
+    registered = list(STRATEGIES.values())
+    for name in names:
+        module = importlib.import_module(f"stackrnn_jax.strategies.{name}")
+        assert any(module.run_stack is fn for fn in registered), name

@@ -18,7 +18,7 @@ import pytest
 
 from stackrnn_jax import init_params, make_cell, stacked_rnn
 from stackrnn_jax.reference import reference_rnn
-from stackrnn_jax.strategies.linear_scan import linear_recurrence
+from stackrnn_jax.ops.linear_scan import linear_recurrence
 from stackrnn_jax.strategies.parallel import Options, parallel_solve
 
 CELLS = ["simple", "lstm", "gru"]

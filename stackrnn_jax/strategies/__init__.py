@@ -1,29 +1,16 @@
 """Execution strategies: how the timesteps of a stack run. All give the same numbers.
 
-See ``common.py`` for the contract every strategy follows.
+Each module here is one strategy a user can pick (``strategy=`` of ``stacked_rnn``); it
+registers itself in ``registry.STRATEGIES`` when imported, and the contract it follows
+is ``registry.RunStack``. ``common.py`` holds the pieces they share; building blocks that
+are not strategies live in ``stackrnn_jax/ops``.
 """
 
 from __future__ import annotations
 
-from stackrnn_jax.strategies import (auto, cpu_native, fused, loop, parallel, scan, scan_vjp,
-                                     wavefront)
+# Imported for their registration; the order is the registry's (and the benchmarks') order.
+from stackrnn_jax.strategies import (  # noqa: F401
+    scan, loop, fused, wavefront, scan_vjp, cpu_native, parallel, auto)
+from stackrnn_jax.strategies.registry import STRATEGIES, get_strategy, register, unregister
 
-STRATEGIES = {
-    "scan": scan.run_stack,
-    "loop": loop.run_stack,
-    "fused": fused.run_stack,
-    "wavefront": wavefront.run_stack,
-    "scan_vjp": scan_vjp.run_stack,
-    "scan_vjp_remat": scan_vjp.run_stack_remat,
-    "cpu_native": cpu_native.run_stack,
-    "parallel": parallel.run_stack,
-    "parallel_quasi": parallel.run_stack_quasi,
-    "auto": auto.run_stack,
-}
-
-
-def get_strategy(name: str):
-    """The ``run_stack`` function of strategy ``name``; ValueError if unknown."""
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy: unknown strategy {name!r}; expected one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name]
+__all__ = ["STRATEGIES", "get_strategy", "register", "unregister"]

@@ -26,7 +26,7 @@ from typing import Sequence
 import jax
 
 from stackrnn_jax import native
-from stackrnn_jax import strategies as registry
+from stackrnn_jax.strategies.registry import get_strategy, register
 
 FALLBACK = "scan"
 UNBOUNDED = 2**62
@@ -183,5 +183,8 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
     time, batch = xs.shape[:2]
     units = [layer["recurrent_kernel"].shape[0] for layer in layers]
     strategy, rule = choose(jax.default_backend(), len(layers), time, batch, units, cell.name)
-    return registry.get_strategy(strategy)(cell, layers, xs, mask, carries, between,
-                                           unroll=rule_unroll(rule, unroll))
+    return get_strategy(strategy)(cell, layers, xs, mask, carries, between,
+                                  unroll=rule_unroll(rule, unroll))
+
+
+register("auto", run_stack)

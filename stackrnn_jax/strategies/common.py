@@ -1,21 +1,8 @@
 """Pieces shared by the execution strategies: the masked step and layer-by-layer stacking.
 
-Strategy contract (every entry of ``STRATEGIES`` follows it)::
-
-    run_stack(cell, layers, xs, mask, carries, between, *, unroll) -> (ys, finals)
-
-    cell      a ``cells.Cell``
-    layers    list of L parameter dicts, one direction
-    xs        (time, batch, features)   time-major input of the first layer
-    mask      (time, batch) bool, True where a step is real, or None (all real)
-    carries   list of L initial carries, each a tuple of (batch, units_l)
-    between   list of L-1 multipliers applied to the input of layers 1..L-1
-              (dropout, already scaled), each (time, batch, units) or None
-    ys        (time, batch, units_top)  top-layer outputs, zero at masked steps
-    finals    list of L final carries (the state after each sequence's last real step)
-
-Masking holds the carry through a masked step and emits zeros there, so right- and
-left-padded sequences both end in the state of the unpadded sequence.
+The contract every strategy follows is ``registry.RunStack``. Masking holds the carry
+through a masked step and emits zeros there, so right- and left-padded sequences both end
+in the state of the unpadded sequence.
 """
 
 from __future__ import annotations

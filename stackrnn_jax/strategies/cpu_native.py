@@ -39,6 +39,7 @@ from jax.custom_derivatives import SymbolicZero
 from stackrnn_jax import native
 from stackrnn_jax.strategies import scan_vjp
 from stackrnn_jax.strategies.common import layer_by_layer
+from stackrnn_jax.strategies.registry import register
 
 ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
 DTYPES = (jnp.float32, jnp.float64)
@@ -126,4 +127,4 @@ def run_layer(cell, params, xs, mask, carry, *, unroll=1):
     return ys, (final,)
 
 
-run_stack = layer_by_layer(run_layer, projected=False)
+run_stack = register("cpu_native", layer_by_layer(run_layer, projected=False))

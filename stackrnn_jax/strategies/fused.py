@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 
 from stackrnn_jax.strategies.common import masked_step
+from stackrnn_jax.strategies.registry import register
 
 
 def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
@@ -33,3 +34,6 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
     xw0 = cell.project(layers[0], xs)
     finals, ys = jax.lax.scan(body, tuple(carries), (xw0, mask, list(between)), unroll=unroll)
     return ys, list(finals)
+
+
+register("fused", run_stack)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from stackrnn_jax.strategies.common import layer_by_layer, masked_step
+from stackrnn_jax.strategies.registry import register
 
 
 def _run_layer(cell, params, xw, mask, carry, *, unroll=1):
@@ -23,4 +24,4 @@ def _run_layer(cell, params, xw, mask, carry, *, unroll=1):
     return jnp.stack(outputs), carry
 
 
-run_stack = layer_by_layer(_run_layer)
+run_stack = register("loop", layer_by_layer(_run_layer))

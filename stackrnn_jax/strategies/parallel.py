@@ -61,10 +61,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from stackrnn_jax.strategies import newton
+from stackrnn_jax.ops import newton
 from stackrnn_jax.strategies.common import layer_by_layer
-from stackrnn_jax.strategies.linear_scan import is_full
-from stackrnn_jax.strategies.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
+from stackrnn_jax.strategies.registry import register
+from stackrnn_jax.ops.linear_scan import is_full
+from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
 
 METHODS = ("auto", "deer", "quasi")
 INITS = ("input", "zeros")
@@ -308,13 +309,14 @@ def _run_layer(cell, params, xw, mask, carry, *, unroll=1, opts: Options):
 
 
 def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1, **options):
-    """The strategy (``common.py`` contract); ``options`` are ``Options`` fields."""
+    """The strategy (``registry.RunStack``); ``options`` are ``Options`` fields."""
     opts = Options(**options)
     return layer_by_layer(functools.partial(_run_layer, opts=opts))(
         cell, layers, xs, mask, carries, between, unroll=unroll)
 
 
-run_stack_quasi = functools.partial(run_stack, method="quasi")
+register("parallel", run_stack)
+run_stack_quasi = register("parallel_quasi", functools.partial(run_stack, method="quasi"))
 
 
 def parallel_solve(cell, params, xs, mask=None, carry=None, **options):

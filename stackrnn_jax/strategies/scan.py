@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from stackrnn_jax.strategies.common import layer_by_layer, masked_step
+from stackrnn_jax.strategies.registry import register
 
 
 def _run_layer(cell, params, xw, mask, carry, *, unroll=1):
@@ -18,4 +19,4 @@ def _run_layer(cell, params, xw, mask, carry, *, unroll=1):
     return ys, carry
 
 
-run_stack = layer_by_layer(_run_layer)
+run_stack = register("scan", layer_by_layer(_run_layer))

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from stackrnn_jax.strategies.common import layer_by_layer
-from stackrnn_jax.strategies.recurrent_split import (SPLIT_CELLS, SUM_CELLS, head,
+from stackrnn_jax.strategies.registry import register
+from stackrnn_jax.ops.recurrent_split import (SPLIT_CELLS, SUM_CELLS, head,
                                                      recurrent_matmul)
 
 
@@ -162,5 +163,6 @@ def _layer_runner(remat):
 
 
 run_layer = _layer_runner(remat=False)
-run_stack = layer_by_layer(run_layer)
-run_stack_remat = layer_by_layer(_layer_runner(remat=True))
+run_stack = register("scan_vjp", layer_by_layer(run_layer))
+run_stack_remat = register("scan_vjp_remat",
+                           layer_by_layer(_layer_runner(remat=True)))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from stackrnn_jax.strategies.common import masked_step
+from stackrnn_jax.strategies.registry import register
 
 
 def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
@@ -109,3 +110,6 @@ def _pad_gates(a, gates, units, size):
         return a
     blocks = a.reshape(*a.shape[:-1], gates, units)
     return _pad_axis(blocks, -1, size).reshape(*a.shape[:-1], gates * size)
+
+
+register("wavefront", run_stack)

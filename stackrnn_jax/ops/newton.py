@@ -33,7 +33,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from stackrnn_jax.strategies.linear_scan import linear_recurrence
+from stackrnn_jax.ops.linear_scan import linear_recurrence
 
 Step = Callable[[jax.Array, object], jax.Array]
 Linearize = Callable[[jax.Array, object], tuple[jax.Array, jax.Array]]
