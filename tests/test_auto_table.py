@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ is a folder of the repository, not an installed package.
-sys.path.insert(0, str(ROOT))
 
-from bench.report import AUTO_TABLE_BEGIN, AUTO_TABLE_END, auto_table  # noqa: E402
-from stackrnn_jax.strategies import auto  # noqa: E402
+from bench.report import AUTO_TABLE_BEGIN, AUTO_TABLE_END, auto_table
+from stackrnn_jax.strategies import auto
 
 
 def test_readme_auto_table_matches_rules():

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 # bench/ is a folder of the repository, not an installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import strategies as st
 from bench.run import SCHEMA, main

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import loop_overhead
 from bench.workloads import TUTORIAL

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-# bench/ is a folder of the repository, not an installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.workloads import Workload, init_model, make_batch, make_functions
+from tests.helpers import CELLS
 
-CELLS = ["simple", "lstm", "gru"]
 ATOL = 1e-5
 
 

@@ -9,15 +9,10 @@ from jax.test_util import check_grads
 
 from stackrnn_jax import STRATEGIES, init_params, stacked_rnn
 from stackrnn_jax.reference import reference_rnn
+from tests.helpers import CELLS, max_error
 
-CELLS = ["simple", "lstm", "gru"]
 BATCH, TIME, FEATURES = 3, 7, 4
 LENGTHS = np.array([7, 3, 0])  # full, partial and empty sequences
-
-
-def _max_error(ours, theirs):
-    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
-    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b)))) for a, b in pairs)
 
 
 def _problem(cell, units, bidirectional=False, dtype=jnp.float64, seed=0, **init_kw):
@@ -65,9 +60,9 @@ def test_float64_matches_reference(cell, strategy, name, units, bidirectional, p
         ref_sequences, ref_states = reference_rnn(params, x, return_sequences=True,
                                                   return_state=True, **kw)
         assert sequences.dtype == jnp.float64
-        assert _max_error(sequences, ref_sequences) < 1e-10
-        assert _max_error(states, ref_states) < 1e-10
-        assert _max_error(last, reference_rnn(params, x, **kw)) < 1e-10
+        assert max_error(sequences, ref_sequences) < 1e-10
+        assert max_error(states, ref_states) < 1e-10
+        assert max_error(last, reference_rnn(params, x, **kw)) < 1e-10
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -78,9 +73,9 @@ def test_float32_matches_reference(cell, strategy):
         params, x, LENGTHS)
     kw = dict(cell=cell, lengths=LENGTHS, padding="pre")
     assert sequences.dtype == jnp.float32
-    assert _max_error((sequences, states),
+    assert max_error((sequences, states),
                       reference_rnn(params, x, return_sequences=True, return_state=True, **kw)) < 1e-5
-    assert _max_error(last, reference_rnn(params, x, **kw)) < 1e-5
+    assert max_error(last, reference_rnn(params, x, **kw)) < 1e-5
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -93,9 +88,9 @@ def test_initial_state_is_used(cell):
                            return_state=True)
         ref = reference_rnn(params, x, cell=cell, initial_state=initial, lengths=LENGTHS,
                             return_state=True)
-        assert _max_error(ours, ref) < 1e-10
+        assert max_error(ours, ref) < 1e-10
         # The zero-length sequence (index 2) ends where it started.
-        assert _max_error(jax.tree.map(lambda s: s[2], ours[1]),
+        assert max_error(jax.tree.map(lambda s: s[2], ours[1]),
                           jax.tree.map(lambda s: s[2], initial)) == 0
 
 
@@ -110,11 +105,11 @@ def test_padded_final_state_equals_unpadded(cell):
         for padded, padding in ((right, "post"), (left, "pre")):
             seqs, states = stacked_rnn(params, padded, cell=cell, lengths=np.array([n]),
                                        padding=padding, return_sequences=True, return_state=True)
-            assert _max_error(states, alone[1]) < 1e-12
+            assert max_error(states, alone[1]) < 1e-12
             real = slice(0, n) if padding == "post" else slice(TIME - n, TIME)
             pad = slice(n, TIME) if padding == "post" else slice(0, TIME - n)
             assert float(jnp.abs(seqs[:, pad]).max()) == 0.0
-            assert _max_error(seqs[:, real][:, -1], alone[0]) < 1e-12
+            assert max_error(seqs[:, real][:, -1], alone[0]) < 1e-12
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -124,7 +119,7 @@ def test_variants_match_reference(cell):
         params, x = _problem(cell, [5, 5], bidirectional=True, merge="sum", reset_after=False,
                              unit_forget_bias=False)
         kw = dict(cell=cell, activation="relu", merge="sum", lengths=LENGTHS, return_state=True)
-        assert _max_error(stacked_rnn(params, x, **kw), reference_rnn(params, x, **kw)) < 1e-10
+        assert max_error(stacked_rnn(params, x, **kw), reference_rnn(params, x, **kw)) < 1e-10
         if cell == "gru":
             assert params[0]["forward"]["bias"].shape == (15,)
 
@@ -145,7 +140,7 @@ def test_gradients_of_every_strategy_equal_scan(cell, bidirectional):
         grads = {s: jax.jit(jax.grad(_loss_fn(cell, s, x, LENGTHS, "pre"), argnums=(0, 1)))(
                      params, x) for s in sorted(STRATEGIES)}
         for strategy, g in grads.items():
-            assert _max_error(g, grads["scan"]) < 1e-10, strategy
+            assert max_error(g, grads["scan"]) < 1e-10, strategy
         # Padded steps get no input gradient.
         assert float(jnp.abs(grads["scan"][1][2]).max()) == 0.0
 
@@ -163,10 +158,10 @@ def test_jit_and_vmap_agree_with_eager():
         params, x = _problem("lstm", [5, 4])
         eager = stacked_rnn(params, x, cell="lstm", lengths=LENGTHS)
         jitted = jax.jit(lambda p, x, n: stacked_rnn(p, x, cell="lstm", lengths=n))
-        assert _max_error(jitted(params, x, LENGTHS), eager) < 1e-12
+        assert max_error(jitted(params, x, LENGTHS), eager) < 1e-12
         # vmap over the batch: each call sees one (time, features) sequence.
         per_sequence = jax.vmap(lambda x, n: stacked_rnn(params, x, cell="lstm", lengths=n))
-        assert _max_error(per_sequence(x, LENGTHS), eager) < 1e-12
+        assert max_error(per_sequence(x, LENGTHS), eager) < 1e-12
 
 
 def test_bfloat16_compute_with_float32_params():
@@ -183,14 +178,14 @@ def test_dropout_needs_a_key_and_is_reproducible():
     run = jax.jit(functools.partial(stacked_rnn, cell="simple", dropout=0.5,
                                     return_sequences=True), static_argnames="strategy")
     without_key = run(params, x)
-    assert _max_error(without_key, stacked_rnn(params, x, cell="simple", return_sequences=True)) == 0
+    assert max_error(without_key, stacked_rnn(params, x, cell="simple", return_sequences=True)) == 0
     key = jax.random.PRNGKey(3)
     a = run(params, x, dropout_rng=key)
-    assert _max_error(a, run(params, x, dropout_rng=key)) == 0
-    assert _max_error(a, without_key) > 1e-3
+    assert max_error(a, run(params, x, dropout_rng=key)) == 0
+    assert max_error(a, without_key) > 1e-3
     for strategy in STRATEGIES:
         b = run(params, x, dropout_rng=key, strategy=strategy)
-        assert _max_error(a, b) < 1e-5, strategy
+        assert max_error(a, b) < 1e-5, strategy
 
 
 @pytest.mark.parametrize("call, message", [

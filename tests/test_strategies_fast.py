@@ -15,8 +15,8 @@ from stackrnn_jax import STRATEGIES, init_params, make_cell, native, stacked_rnn
 from stackrnn_jax.ops.recurrent_split import head, recurrent_matmul
 from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.strategies import auto
+from tests.helpers import CELLS, max_error
 
-CELLS = ["simple", "lstm", "gru"]
 FORWARD = ["fused", "wavefront", "scan_vjp", "cpu_native"]  # scan_vjp_remat: scan_vjp's forward
 GRADIENT = ["fused", "wavefront", "scan_vjp", "scan_vjp_remat", "cpu_native"]
 BATCH, TIME, FEATURES = 3, 5, 4
@@ -30,12 +30,6 @@ LAYOUTS = {
     "2layers-nomask-unroll": ([3, 5], False, "post", None, False, 4),
     "bidir-pre-init": ([4, 3], True, "pre", LENGTHS, True, 1),
 }
-
-
-def _max_error(ours, theirs):
-    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
-    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-               for a, b in pairs)
 
 
 def _problem(cell, units, bidirectional=False, dtype=jnp.float64, initial=False,
@@ -89,7 +83,7 @@ def test_float64_matches_reference(cell, strategy, layout):
             assert out[0].dtype == jnp.float64
             ref = reference_rnn(params, x, initial_state=state, return_sequences=seq,
                                 return_state=True, **kw)
-            assert _max_error(out, ref) < 1e-10
+            assert max_error(out, ref) < 1e-10
 
 
 @pytest.mark.parametrize("strategy", FORWARD)
@@ -100,7 +94,7 @@ def test_float32_matches_reference(cell, strategy):
               return_state=True, initial_state=state)
     ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy=strategy, **kw))(params, x)
     assert ours[0].dtype == jnp.float32
-    assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
+    assert max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
 
 
 def _loss_and_grad(strategy, cell, units, reset_after=True):
@@ -132,8 +126,8 @@ def test_gradient_and_dropout_match_scan(cell, strategy):
     with jax.enable_x64(True):
         ours = _loss_and_grad(strategy, cell, (4, 3))
         # Same dropout rng -> same multipliers -> the same outputs and loss.
-        assert _max_error(ours[0], _scan_loss_and_grad(cell)[0]) < 1e-10
-        assert _max_error(ours[1], _scan_loss_and_grad(cell)[1]) < 1e-10
+        assert max_error(ours[0], _scan_loss_and_grad(cell)[0]) < 1e-10
+        assert max_error(ours[1], _scan_loss_and_grad(cell)[1]) < 1e-10
 
 
 def test_gru_reset_before():
@@ -144,9 +138,9 @@ def test_gru_reset_before():
         kw = dict(cell="gru", lengths=LENGTHS, padding="pre", return_sequences=True)
         for strategy in FORWARD:
             out = jax.jit(lambda p, x: stacked_rnn(p, x, strategy=strategy, **kw))(params, x)
-            assert _max_error(out, reference_rnn(params, x, **kw)) < 1e-10
+            assert max_error(out, reference_rnn(params, x, **kw)) < 1e-10
         ours = _loss_and_grad("scan_vjp", "gru", (4, 3), reset_after=False)
-        assert _max_error(ours, _scan_loss_and_grad("gru", reset_after=False)) < 1e-10
+        assert max_error(ours, _scan_loss_and_grad("gru", reset_after=False)) < 1e-10
 
 
 @pytest.mark.parametrize("cell, strategy", [(cell, "scan_vjp") for cell in CELLS]
@@ -201,7 +195,7 @@ def test_recurrent_split_is_the_cell_step(cell):
         xw_t = the_cell.project(params[0], jax.random.normal(jax.random.PRNGKey(3),
                                                              (BATCH, FEATURES)))
         u = recurrent_matmul(the_cell, params[0], carry, xw_t)
-        assert _max_error(head(the_cell, carry, xw_t, u),
+        assert max_error(head(the_cell, carry, xw_t, u),
                           the_cell.step(params[0], carry, xw_t)) < 1e-14
 
 
@@ -332,7 +326,7 @@ def test_auto_gpu_choices_match_reference(monkeypatch, cell, units, time):
         lengths = np.array([time, time // 3])
         kw = dict(cell=cell, lengths=lengths, padding="pre", return_sequences=True)
         ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="auto", **kw))(params, x)
-        assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-9
+        assert max_error(ours, reference_rnn(params, x, **kw)) < 1e-9
     assert calls == [auto.rule_unroll(rule, 1)]
 
 
@@ -364,7 +358,7 @@ def test_auto_matches_reference():
     params, x, _ = _problem("lstm", [4, 4], dtype=jnp.float32)
     kw = dict(cell="lstm", lengths=LENGTHS, padding="pre", return_sequences=True)
     ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="auto", **kw))(params, x)
-    assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
+    assert max_error(ours, reference_rnn(params, x, **kw)) < 1e-5
 
 
 def test_registry_refuses_a_taken_name_and_unregisters():

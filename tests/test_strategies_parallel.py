@@ -8,8 +8,6 @@ options' checks. Tiny shapes, float64 except one float32 case; each case compile
 function. The benchmark entry's smoke run is marked slow.
 """
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +18,13 @@ from stackrnn_jax import init_params, make_cell, stacked_rnn
 from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.ops.linear_scan import linear_recurrence
 from stackrnn_jax.strategies.parallel import Options, parallel_solve
+from tests.helpers import CELLS, max_error
 
-CELLS = ["simple", "lstm", "gru"]
 BATCH, TIME, FEATURES = 3, 12, 4
 LENGTHS = np.array([12, 5, 0])  # full, partial and empty sequences
 # Undamped quasi runs in test_stack.py's matrix ("parallel_quasi", benign weights only).
 OPTIONS = [{"method": "deer"}, {"method": "deer", "damping": 0.9},
            {"method": "quasi", "damping": 0.9}]
-
-
-def _max_error(ours, theirs):
-    pairs = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
-    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-               for a, b in pairs)
 
 
 def _problem(cell, units, radius, seed=0, dtype=jnp.float64):
@@ -88,8 +80,8 @@ def test_expanding_weights_are_exact_and_gradients_match_scan(cell, padding):
                             initial_state=state, return_sequences=True, return_state=True)
         (_, scan_grads) = results[0]
         for options, (outputs, grads) in zip(OPTIONS, results[1:]):
-            assert _max_error(outputs, ref) < 1e-10, options
-            assert _max_error(grads, scan_grads) < 1e-10, options
+            assert max_error(outputs, ref) < 1e-10, options
+            assert max_error(grads, scan_grads) < 1e-10, options
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -103,8 +95,8 @@ def test_iteration_cap_falls_back_to_the_exact_recurrence(cell):
         ref = reference_rnn(params, x, cell=cell, lengths=LENGTHS, padding=padding,
                             initial_state=state, return_sequences=True, return_state=True)
         for options, (outputs, grads) in zip(capped, results[1:]):
-            assert _max_error(outputs, ref) < 1e-10, options
-            assert _max_error(grads, results[0][1]) < 1e-10, options
+            assert max_error(outputs, ref) < 1e-10, options
+            assert max_error(grads, results[0][1]) < 1e-10, options
 
 
 def test_iterations_are_reported_and_below_the_cap_on_a_benign_problem():
@@ -123,7 +115,7 @@ def test_iterations_are_reported_and_below_the_cap_on_a_benign_problem():
         ref = reference_rnn([params], x, cell="gru", lengths=LENGTHS, return_sequences=True)
         for states, k, ok in ((deer, deer_k, deer_ok), (quasi, quasi_k, quasi_ok)):
             assert bool(ok) and 1 <= int(k) < 32
-            assert _max_error(jnp.where(mask[..., None], states, 0.0).swapaxes(0, 1), ref) < 1e-10
+            assert max_error(jnp.where(mask[..., None], states, 0.0).swapaxes(0, 1), ref) < 1e-10
         assert int(deer_k) <= int(quasi_k)   # the full Jacobian never needs more updates here
         assert int(capped_k) == 1 and not bool(capped_ok)
 
@@ -141,7 +133,7 @@ def test_linear_recurrence_full_and_diagonal_match_a_loop():
             for t in range(9):
                 state = apply(a_t[t], state) + b[t]
                 expected.append(state)
-            assert _max_error(x, np.stack(expected)) < 1e-12
+            assert max_error(x, np.stack(expected)) < 1e-12
 
 
 @pytest.mark.parametrize("options, message", [
@@ -177,13 +169,12 @@ def test_saturated_float32_dynamics_end_exactly_in_the_sequential_finish():
     scan, results = jax.jit(solve)(xs)
     for states, iterations, converged in results:
         assert int(iterations) == 12 and not bool(converged)
-        assert _max_error(states, scan) < 1e-5
+        assert max_error(states, scan) < 1e-5
 
 
 @pytest.mark.slow
 def test_benchmark_entry_runs_quick(tmp_path):
     """``python -m bench.parallel --quick``: every variant measured, tables written."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
     from bench.parallel import main
 
     result = main(["--quick", "--out", str(tmp_path)])

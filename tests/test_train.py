@@ -11,36 +11,19 @@ import pytest
 from flax import nnx
 
 from stackrnn_jax import distributed, run_dir
-from stackrnn_jax.config import TrainConfig
-from stackrnn_jax.data import EncodedSplit, Vocabulary
+from stackrnn_jax.data import Vocabulary
 from stackrnn_jax.predict import load_run, predict_proba
 from stackrnn_jax.train import (create_model, create_optimizer, fit, learning_rate,
                                 make_train_step, train_epoch)
-
-CONFIG = TrainConfig(num_words=20, maxlen=12, embed_dim=8, units=8, batch_size=16, epochs=3,
-                     learning_rate=1e-2, mask=True, log_every=4)
-
-
-def synthetic_split(n: int, seed: int, maxlen: int = 12) -> EncodedSplit:
-    """Pre-padded reviews of ids 4..19; positive ones hold the id 3 somewhere."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, maxlen + 1, n).astype(np.int32)
-    labels = (np.arange(n) % 2).astype(np.int32)
-    ids = np.zeros((n, maxlen), np.int32)
-    for row, (length, label) in enumerate(zip(lengths, labels)):
-        tokens = rng.integers(4, 20, length)
-        if label:
-            tokens[rng.integers(length)] = 3
-        ids[row, maxlen - length:] = tokens
-    return EncodedSplit(ids, lengths, labels)
+from tests.helpers import TRAIN_CONFIG, synthetic_split
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small run shared by the tests below: ``(workdir, history, printed lines)``."""
     workdir = tmp_path_factory.mktemp("run")
-    run_dir.prepare(workdir, CONFIG)
-    Vocabulary(CONFIG.num_words, tuple(f"w{i}" for i in range(17))).save(workdir / run_dir.VOCAB)
+    run_dir.prepare(workdir, TRAIN_CONFIG)
+    Vocabulary(TRAIN_CONFIG.num_words, tuple(f"w{i}" for i in range(17))).save(workdir / run_dir.VOCAB)
     lines = []
 
     class Out:
@@ -50,7 +33,7 @@ def trained(tmp_path_factory):
         def flush(self):
             pass
 
-    history = fit(CONFIG, synthetic_split(200, 0), synthetic_split(64, 1), workdir,
+    history = fit(TRAIN_CONFIG, synthetic_split(200, 0), synthetic_split(64, 1), workdir,
                   progress=False, out=Out())
     return workdir, history, [line for line in lines if line]
 
@@ -87,7 +70,7 @@ def test_history_files_hold_the_epochs_run(trained):
 def test_best_epoch_reloads_with_config_and_vocab(trained):
     workdir, history, _ = trained
     run = load_run(workdir)
-    assert run.config == CONFIG and run.vocab.num_words == CONFIG.num_words
+    assert run.config == TRAIN_CONFIG and run.vocab.num_words == TRAIN_CONFIG.num_words
     assert run.best["epoch"] == history["best_epoch"]
     assert len(list((workdir / run_dir.CHECKPOINTS).iterdir())) == 1  # older bests removed
     texts = ["w0 w1 w2", "w3 w4"]
@@ -97,7 +80,7 @@ def test_best_epoch_reloads_with_config_and_vocab(trained):
 
 
 def test_train_step_traces_once():
-    config = CONFIG.replace(batch_size=24)  # 100 reviews: the last batch is padded
+    config = TRAIN_CONFIG.replace(batch_size=24)  # 100 reviews: the last batch is padded
     model = create_model(config)
     optimizer = nnx.Optimizer(model, create_optimizer(config, 20), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
@@ -113,25 +96,30 @@ def test_train_step_traces_once():
 
 
 def test_schedules_and_clipping():
-    warm = learning_rate(CONFIG.replace(warmup_steps=10), 100)
+    warm = learning_rate(TRAIN_CONFIG.replace(warmup_steps=10), 100)
     assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1e-2) == float(warm(99))
-    cosine = learning_rate(CONFIG.replace(schedule="cosine", warmup_steps=10), 100)
+    cosine = learning_rate(TRAIN_CONFIG.replace(schedule="cosine", warmup_steps=10), 100)
     assert float(cosine(10)) == pytest.approx(1e-2) and float(cosine(100)) == pytest.approx(0.0)
-    clipped = create_optimizer(CONFIG.replace(clip_norm=1.0), 100)
+
+
+@pytest.mark.parametrize("clip_norm, seen_norm", [(1.0, 1.0), (0.0, 100.0 * 3 ** 0.5)])
+def test_clipping_bounds_the_gradient_adam_sees(clip_norm, seen_norm):
+    """Adam's first moment after one step is (1 - b1) times the gradient it was given."""
+    optimizer = create_optimizer(TRAIN_CONFIG.replace(clip_norm=clip_norm), 100)
     params = {"w": jnp.zeros(3)}
-    updates, _ = clipped.update({"w": jnp.full(3, 100.0)}, clipped.init(params), params)
-    assert np.all(np.isfinite(updates["w"]))
-    assert isinstance(clipped, optax.GradientTransformation)
+    _, state = optimizer.update({"w": jnp.full(3, 100.0)}, optimizer.init(params), params)
+    first_moment = optax.tree_utils.tree_get(state, "mu")
+    assert float(optax.global_norm(first_moment)) == pytest.approx(0.1 * seen_norm, rel=1e-6)
 
 
 def test_workdir_with_another_config_is_refused(tmp_path):
-    run_dir.prepare(tmp_path / "w", CONFIG)
-    run_dir.prepare(tmp_path / "w", CONFIG.replace(strategy="loop", log_every=1))  # same model
+    run_dir.prepare(tmp_path / "w", TRAIN_CONFIG)
+    run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(strategy="loop", log_every=1))  # same model
     with pytest.raises(run_dir.RunError, match="cell: 'simple' -> 'gru'"):
-        run_dir.prepare(tmp_path / "w", CONFIG.replace(cell="gru"))
-    run_dir.prepare(tmp_path / "w", CONFIG.replace(cell="gru"), overwrite=True)
+        run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(cell="gru"))
+    run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(cell="gru"), overwrite=True)
     assert run_dir.read_config(tmp_path / "w").cell == "gru"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(run_dir.RunError, match="holds no run"):
-        run_dir.prepare(tmp_path / "other", CONFIG)
+        run_dir.prepare(tmp_path / "other", TRAIN_CONFIG)

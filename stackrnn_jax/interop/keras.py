@@ -31,6 +31,7 @@ Keras is imported when a function here is called (``KERAS_BACKEND`` defaults to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -83,7 +84,40 @@ def _activation_name(fn) -> str:
     return str(name)
 
 
-def _rnn_info(layer, where: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Direction:
+    """One plain Keras RNN layer as read: its options and Keras-layout weights."""
+
+    cell: str                      # "simple", "lstm" or "gru"
+    activation: str
+    units: int
+    reset_after: bool | None       # GRU only
+    go_backwards: bool
+    return_sequences: bool
+    params: dict                   # kernel, recurrent_kernel, bias (NumPy)
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNLayer:
+    """One RNN layer of the stack: plain (``backward`` None) or Bidirectional."""
+
+    where: str                     # "layer 2 'gru' (GRU)", for error messages
+    forward: Direction
+    backward: Direction | None = None
+    merge: str = "concat"
+
+
+@dataclasses.dataclass
+class ParsedModel:
+    """What ``_parse`` read off the Keras layers, before the stack is checked."""
+
+    embedding: np.ndarray | None = None
+    mask_zero: bool = False
+    rnn: list[RNNLayer] = dataclasses.field(default_factory=list)
+    dense: tuple[np.ndarray, np.ndarray, str] | None = None   # kernel, bias, activation
+
+
+def _read_direction(layer, where: str) -> Direction:
     """Cell type, options and weights of one plain (not Bidirectional) RNN layer."""
     kind = RNN_CELLS[type(layer).__name__]
     cell = layer.cell
@@ -101,19 +135,117 @@ def _rnn_info(layer, where: str) -> dict:
     gates = {"simple": 1, "lstm": 4, "gru": 3}[kind]
     reset_after = bool(getattr(cell, "reset_after", True)) if kind == "gru" else None
     weights = [np.asarray(w, dtype=np.float32) for w in layer.get_weights()]
-    if len(weights) == 3:
-        kernel, recurrent_kernel, bias = weights
-    elif len(weights) == 2:  # use_bias=False
-        kernel, recurrent_kernel = weights
+    if len(weights) == 2:  # use_bias=False
         shape = (2, gates * units) if reset_after else (gates * units,)
-        bias = np.zeros(shape, np.float32)
-    else:
+        weights.append(np.zeros(shape, np.float32))
+    if len(weights) != 3:
         raise ValueError(f"{where}: expected kernel, recurrent_kernel[, bias], got "
                          f"{len(weights)} weights")
-    return {"cell": kind, "activation": activation, "units": units, "reset_after": reset_after,
-            "go_backwards": bool(layer.go_backwards),
-            "return_sequences": bool(layer.return_sequences),
-            "params": {"kernel": kernel, "recurrent_kernel": recurrent_kernel, "bias": bias}}
+    params = dict(zip(("kernel", "recurrent_kernel", "bias"), weights, strict=True))
+    return Direction(kind, activation, units, reset_after, bool(layer.go_backwards),
+                     bool(layer.return_sequences), params)
+
+
+def _read_rnn(layer, where: str) -> RNNLayer:
+    direction = _read_direction(layer, where)
+    if direction.go_backwards:
+        raise ValueError(f"{where}: go_backwards outside Bidirectional is not supported")
+    return RNNLayer(where, direction)
+
+
+def _read_bidirectional(layer, where: str) -> RNNLayer:
+    if layer.merge_mode not in ("concat", "sum"):
+        raise ValueError(f"{where}: merge_mode {layer.merge_mode!r} is not supported "
+                         "(concat or sum)")
+    wrapped = type(layer.forward_layer).__name__
+    if wrapped not in RNN_CELLS:
+        raise ValueError(f"{where}: wraps {wrapped}, expected SimpleRNN, LSTM or GRU")
+    forward = _read_direction(layer.forward_layer, where + " forward")
+    backward = _read_direction(layer.backward_layer, where + " backward")
+    if forward.go_backwards or not backward.go_backwards:
+        raise ValueError(f"{where}: expected a forward and a go_backwards layer")
+    return RNNLayer(where, forward, backward, layer.merge_mode)
+
+
+def _read_dense(layer, where: str) -> tuple[np.ndarray, np.ndarray, str]:
+    weights = [np.asarray(w, np.float32) for w in layer.get_weights()]
+    kernel = weights[0]
+    bias = weights[1] if len(weights) > 1 else np.zeros(kernel.shape[1], np.float32)
+    activation = _activation_name(layer.activation)
+    if activation not in DENSE_ACTIVATIONS:
+        raise ValueError(f"{where}: activation {activation!r} is not supported "
+                         f"({', '.join(DENSE_ACTIVATIONS)})")
+    return kernel, bias, activation
+
+
+def _parse(keras_model) -> ParsedModel:
+    """Read the layers in order; ValueError naming the first layer out of place."""
+    parsed = ParsedModel()
+    for index, layer in enumerate(keras_model.layers):
+        kind = type(layer).__name__
+        where = f"layer {index} {layer.name!r} ({kind})"
+        if parsed.dense is not None:
+            raise ValueError(f"{where}: only a single Dense layer at the end is supported")
+        if kind in IDENTITY_LAYERS:
+            continue
+        if kind == "Embedding":
+            if parsed.rnn or parsed.embedding is not None:
+                raise ValueError(f"{where}: an Embedding must come first")
+            parsed.embedding = np.asarray(layer.get_weights()[0], np.float32)
+            parsed.mask_zero = bool(getattr(layer, "mask_zero", False))
+        elif kind in RNN_CELLS:
+            parsed.rnn.append(_read_rnn(layer, where))
+        elif kind == "Bidirectional":
+            parsed.rnn.append(_read_bidirectional(layer, where))
+        elif kind == "Dense":
+            if not parsed.rnn:
+                raise ValueError(f"{where}: a Dense layer before the RNN layers is not supported")
+            parsed.dense = _read_dense(layer, where)
+        else:
+            raise ValueError(f"{where}: not supported by import_keras (Embedding, SimpleRNN, "
+                             "LSTM, GRU, Bidirectional, Dropout, Dense)")
+    return parsed
+
+
+def _check_stack(layers: list[RNNLayer]) -> None:
+    """One cell type, activation and variant; all plain or all Bidirectional with one merge;
+    every layer but the last returns sequences."""
+    if not layers:
+        raise ValueError("source: the model has no SimpleRNN, LSTM or GRU layer")
+    first = layers[0]
+    for position, layer in enumerate(layers):
+        for key in ("cell", "activation", "reset_after"):
+            mine, theirs = getattr(layer.forward, key), getattr(first.forward, key)
+            if mine != theirs:
+                raise ValueError(f"{layer.where}: {key} {mine!r} differs from {first.where}'s "
+                                 f"{theirs!r}; a stack has one {key}")
+        if (layer.backward is None) != (first.backward is None):
+            raise ValueError(f"{layer.where}: mixing Bidirectional and plain RNN layers is "
+                             "not supported")
+        if layer.merge != first.merge:
+            raise ValueError(f"{layer.where}: merge_mode differs from {first.where}'s")
+        if position < len(layers) - 1 and not layer.forward.return_sequences:
+            raise ValueError(f"{layer.where}: return_sequences=False but another RNN layer "
+                             "follows")
+
+
+def _assemble(parsed: ParsedModel) -> dict:
+    """The ``import_keras`` dict (see its docstring) from a checked ``ParsedModel``."""
+    import jax.numpy as jnp
+
+    first, last = parsed.rnn[0].forward, parsed.rnn[-1].forward
+    rnn = [_to_jax(layer.forward.params) if layer.backward is None else
+           {"forward": _to_jax(layer.forward.params), "backward": _to_jax(layer.backward.params)}
+           for layer in parsed.rnn]
+    kernel, bias, activation = parsed.dense or (None, None, None)
+    return {"embedding": None if parsed.embedding is None else jnp.asarray(parsed.embedding),
+            "mask_zero": parsed.mask_zero, "rnn": rnn, "cell": first.cell,
+            "activation": first.activation, "units": [layer.forward.units for layer in parsed.rnn],
+            "bidirectional": parsed.rnn[0].backward is not None, "merge": parsed.rnn[0].merge,
+            "reset_after": first.reset_after, "return_sequences": last.return_sequences,
+            "dense_kernel": None if kernel is None else jnp.asarray(kernel),
+            "dense_bias": None if bias is None else jnp.asarray(bias),
+            "dense_activation": activation}
 
 
 def import_keras(source, *, model=None) -> dict:
@@ -135,86 +267,9 @@ def import_keras(source, *, model=None) -> dict:
       or None each when the model has no Dense head.
     Pass ``rnn`` and the keyword options to ``stacked_rnn``, or everything to ``predict``.
     """
-    import jax.numpy as jnp
-
-    keras_model = load_keras_model(source, model=model)
-    out = {"embedding": None, "mask_zero": False, "rnn": [], "cell": None, "activation": None,
-           "units": [], "bidirectional": None, "merge": "concat", "reset_after": None,
-           "return_sequences": False, "dense_kernel": None, "dense_bias": None,
-           "dense_activation": None}
-    infos = []
-    for index, layer in enumerate(keras_model.layers):
-        kind = type(layer).__name__
-        where = f"layer {index} {layer.name!r} ({kind})"
-        if out["dense_kernel"] is not None:
-            raise ValueError(f"{where}: only a single Dense layer at the end is supported")
-        if kind in IDENTITY_LAYERS:
-            continue
-        if kind == "Embedding":
-            if infos or out["embedding"] is not None:
-                raise ValueError(f"{where}: an Embedding must come first")
-            out["embedding"] = np.asarray(layer.get_weights()[0], np.float32)
-            out["mask_zero"] = bool(getattr(layer, "mask_zero", False))
-        elif kind in RNN_CELLS:
-            info = _rnn_info(layer, where)
-            if info["go_backwards"]:
-                raise ValueError(f"{where}: go_backwards outside Bidirectional is not supported")
-            infos.append((where, False, info, None))
-        elif kind == "Bidirectional":
-            merge = layer.merge_mode
-            if merge not in ("concat", "sum"):
-                raise ValueError(f"{where}: merge_mode {merge!r} is not supported (concat or sum)")
-            if type(layer.forward_layer).__name__ not in RNN_CELLS:
-                raise ValueError(f"{where}: wraps {type(layer.forward_layer).__name__}, "
-                                 "expected SimpleRNN, LSTM or GRU")
-            fw = _rnn_info(layer.forward_layer, where + " forward")
-            bw = _rnn_info(layer.backward_layer, where + " backward")
-            if fw["go_backwards"] or not bw["go_backwards"]:
-                raise ValueError(f"{where}: expected a forward and a go_backwards layer")
-            infos.append((where, True, fw, (bw, merge)))
-        elif kind == "Dense":
-            if not infos:
-                raise ValueError(f"{where}: a Dense layer before the RNN layers is not supported")
-            weights = [np.asarray(w, np.float32) for w in layer.get_weights()]
-            kernel = weights[0]
-            bias = weights[1] if len(weights) > 1 else np.zeros(kernel.shape[1], np.float32)
-            activation = _activation_name(layer.activation)
-            if activation not in DENSE_ACTIVATIONS:
-                raise ValueError(f"{where}: activation {activation!r} is not supported "
-                                 f"({', '.join(DENSE_ACTIVATIONS)})")
-            out.update(dense_kernel=jnp.asarray(kernel), dense_bias=jnp.asarray(bias),
-                       dense_activation=activation)
-        else:
-            raise ValueError(f"{where}: not supported by import_keras (Embedding, SimpleRNN, "
-                             "LSTM, GRU, Bidirectional, Dropout, Dense)")
-    if not infos:
-        raise ValueError("source: the model has no SimpleRNN, LSTM or GRU layer")
-
-    first_where, bidirectional, first, _ = infos[0]
-    for position, (where, bidi, info, extra) in enumerate(infos):
-        for key in ("cell", "activation", "reset_after"):
-            if info[key] != first[key]:
-                raise ValueError(f"{where}: {key} {info[key]!r} differs from {first_where}'s "
-                                 f"{first[key]!r}; a stack has one {key}")
-        if bidi != bidirectional:
-            raise ValueError(f"{where}: mixing Bidirectional and plain RNN layers is not supported")
-        if bidi and extra[1] != infos[0][3][1]:
-            raise ValueError(f"{where}: merge_mode differs from {first_where}'s")
-        if position < len(infos) - 1 and not info["return_sequences"]:
-            raise ValueError(f"{where}: return_sequences=False but another RNN layer follows")
-        if bidi:
-            bw = extra[0]
-            out["rnn"].append({"forward": _to_jax(info["params"]), "backward": _to_jax(bw["params"])})
-        else:
-            out["rnn"].append(_to_jax(info["params"]))
-        out["units"].append(info["units"])
-    out.update(cell=first["cell"], activation=first["activation"], bidirectional=bidirectional,
-               reset_after=first["reset_after"], return_sequences=infos[-1][2]["return_sequences"])
-    if bidirectional:
-        out["merge"] = infos[0][3][1]
-    if out["embedding"] is not None:
-        out["embedding"] = jnp.asarray(out["embedding"])
-    return out
+    parsed = _parse(load_keras_model(source, model=model))
+    _check_stack(parsed.rnn)
+    return _assemble(parsed)
 
 
 def _to_jax(params: dict) -> dict:
