@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from bench.entries import Entry, failed, new_entry
+
 PEERS = ("keras", "flax_linen", "torch")
 _MODULE = {"keras": "keras", "flax_linen": "flax.linen", "torch": "torch"}
 
@@ -324,11 +326,9 @@ class TorchPeer:
 PEER_CLASSES = {"keras": KerasPeer, "flax_linen": FlaxPeer, "torch": TorchPeer}
 
 
-def run_peer(name: str, w, device, opts, ours_logits) -> dict:
+def run_peer(name: str, w, device, opts, ours_logits) -> Entry:
     """Build peer ``name`` with our weights, check its output against ours, time it."""
-    entry = {"kind": "peer", "impl": name, "variant": name, "strategy": None, "unroll": None,
-             "bench_only": False, "workload": w.as_dict(), "status": "ok", "note": "",
-             "check": None, "forward": None, "train": None, "version": None}
+    entry = new_entry("peer", name, name, w)
     ok, note = available(name)
     if not ok:
         entry.update(status="skipped", note=note)
@@ -336,7 +336,7 @@ def run_peer(name: str, w, device, opts, ours_logits) -> dict:
     try:
         _run_peer(name, w, device, opts, ours_logits, entry)
     except Exception as exc:  # noqa: BLE001 - report, don't abort the suite
-        entry.update(status="error", note=f"{type(exc).__name__}: {exc}")
+        failed(entry, exc)
     return entry
 
 

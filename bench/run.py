@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.entries import Entry, failed, ours_entry
+
 SCHEMA = "stackrnn-bench/1"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 ALL_SWEEPS = ("tutorial", "T", "L", "H", "B", "cell")
@@ -120,7 +122,7 @@ def plan(args):
     return [(w, sweeps, w == base) for w, sweeps in order.items()], base
 
 
-def _summary_line(e: dict) -> str:
+def _summary_line(e: Entry) -> str:
     def ms(part):
         if not e.get(part):
             return "-"
@@ -129,29 +131,16 @@ def _summary_line(e: dict) -> str:
     head = f"  {e['variant']:<14} {e['status']:<7}"
     if e["status"] != "ok":
         return head + " " + e["note"]
-    return head + f" fwd {ms('forward')}  train {ms('train')}" + (f"  {e['note']}" if e["note"] else "")
+    return (head + f" fwd {ms('forward')}  train {ms('train')}"
+            + (f"  {e['note']}" if e["note"] else ""))
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    from stackrnn_jax.allocator import keep_freed_memory
-    malloc_kept = args.malloc == "keep" and keep_freed_memory()
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    import jax
-    import numpy as np
-
+def _header(args, argv, device, variants, base, malloc_kept: bool) -> dict:
+    """``results.json`` without entries: schema, machine and the run's settings."""
     from bench import strategies as st
-    from bench.machine import machine_info, machine_line
-    from bench.peers import run_peer
+    from bench.machine import machine_info
 
-    device = pick_device(args.device)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    variants = st.select_variants(st.all_variants(args.unroll_list), args.strategies)
-    sweep_variants = st.select_variants(st.all_variants(args.unroll_list),
-                                        args.sweep_strategies or args.strategies)
-    points, base = plan(args)
-    result = {
+    return {
         "schema": SCHEMA,
         "machine": machine_info(device, args.note),
         "config": {"argv": sys.argv[1:] if argv is None else list(argv), "quick": args.quick,
@@ -169,48 +158,92 @@ def main(argv=None) -> dict:
                              "peak_bytes_in_use (process-wide high-water mark)"},
         "entries": [],
     }
+
+
+def _measure_ours(variants, w, device, args, scan_logits: dict) -> list[Entry]:
+    """Every variant on workload ``w``; a variant that fails becomes an error entry."""
+    from bench import strategies as st
+
+    entries = []
+    for variant in variants:
+        try:
+            entry = st.run_variant(variant, w, device, args, scan_logits)
+        except Exception as exc:  # noqa: BLE001 - one broken strategy must not stop the suite
+            entry = failed(ours_entry(variant, w), exc)
+        entries.append(entry)
+        print(_summary_line(entry), flush=True)
+    return entries
+
+
+def _measure_peers(w, device, args, scan_logits: dict) -> list[Entry]:
+    """Every peer on workload ``w``, checked against our logits (scan's, or computed now)."""
+    import jax
+    import numpy as np
+
+    from bench.peers import run_peer
+    from bench.workloads import init_model, make_batch, make_functions
+
+    ours = scan_logits.get(w.label())
+    if ours is None:
+        forward = make_functions(w)[0]
+        ours = np.asarray(jax.jit(forward)(init_model(w), make_batch(w)[0]))
+    entries = []
+    for name in args.peer_list:
+        entries.append(run_peer(name, w, device, args, ours))
+        print(_summary_line(entries[-1]), flush=True)
+    return entries
+
+
+def _write_reports(result: dict, out_dir: Path, *, plots: bool) -> None:
+    """``tables.md`` and (unless ``plots`` is False) the PNG plots beside ``results.json``."""
+    from bench import report
+
+    (out_dir / "tables.md").write_text(report.markdown(result))
+    if plots:
+        from bench import plots as plotting
+        result["plots"] = plotting.make_plots(result, out_dir)
+        (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from stackrnn_jax.allocator import keep_freed_memory
+    malloc_kept = args.malloc == "keep" and keep_freed_memory()
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import jax
+
+    from bench import strategies as st
+    from bench.machine import machine_line
+
+    device = pick_device(args.device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = st.select_variants(st.all_variants(args.unroll_list), args.strategies)
+    sweep_variants = st.select_variants(st.all_variants(args.unroll_list),
+                                        args.sweep_strategies or args.strategies)
+    points, base = plan(args)
+    result = _header(args, argv, device, variants, base, malloc_kept)
     print(machine_line(result["machine"]), flush=True)
     out_json = out_dir / "results.json"
     t_start = time.perf_counter()
     with jax.default_device(device), st.bench_strategies_registered():
         for w, sweeps, is_tutorial in points:
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {w.label()}  (sweeps: {', '.join(sweeps)})",
-                  flush=True)
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {w.label()}  "
+                  f"(sweeps: {', '.join(sweeps)})", flush=True)
             scan_logits: dict = {}
-            for variant in (variants if is_tutorial else sweep_variants):
-                try:
-                    entry = st.run_variant(variant, w, device, args, scan_logits)
-                except Exception as exc:  # noqa: BLE001 - one broken strategy must not stop the suite
-                    entry = {"kind": "ours", "impl": "stackrnn_jax", "variant": variant.name,
-                             "strategy": variant.strategy, "unroll": variant.unroll,
-                             "bench_only": variant.bench_only, "workload": w.as_dict(),
-                             "status": "error", "note": f"{type(exc).__name__}: {exc}",
-                             "check": None, "forward": None, "train": None}
-                entry["sweeps"] = sweeps
-                result["entries"].append(entry)
-                print(_summary_line(entry), flush=True)
+            entries = _measure_ours(variants if is_tutorial else sweep_variants, w, device,
+                                    args, scan_logits)
             if args.peer_list and (is_tutorial or args.peers_in_sweeps):
-                ours = scan_logits.get(w.label())
-                if ours is None:
-                    from bench.workloads import init_model, make_batch, make_functions
-                    forward = make_functions(w)[0]
-                    ours = np.asarray(jax.jit(forward)(init_model(w), make_batch(w)[0]))
-                for name in args.peer_list:
-                    entry = run_peer(name, w, device, args, ours)
-                    entry["sweeps"] = sweeps
-                    result["entries"].append(entry)
-                    print(_summary_line(entry), flush=True)
+                entries += _measure_peers(w, device, args, scan_logits)
+            for entry in entries:
+                entry["sweeps"] = sweeps
+            result["entries"] += entries
+            # Written after every workload, so an interrupted suite keeps what it measured.
             result["elapsed_s"] = time.perf_counter() - t_start
             out_json.write_text(json.dumps(result, indent=1))
     result["elapsed_s"] = time.perf_counter() - t_start
     out_json.write_text(json.dumps(result, indent=1))
-
-    from bench import report
-    (out_dir / "tables.md").write_text(report.markdown(result))
-    if not args.no_plots:
-        from bench import plots
-        result["plots"] = plots.make_plots(result, out_dir)
-        out_json.write_text(json.dumps(result, indent=1))
+    _write_reports(result, out_dir, plots=not args.no_plots)
     print(f"wrote {out_json} ({len(result['entries'])} entries, {result['elapsed_s']:.0f} s)",
           flush=True)
     return result

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from bench.entries import Entry, ours_entry
+
 BENCH_ONLY = ("fori",)
 SCAN_UNROLLS = (1, 2, 4, 8, 16)
 
@@ -160,7 +162,7 @@ def check_variant(variant: Variant, w, device) -> dict:
 
 # ----------------------------------------------------------------------------- timing
 
-def run_variant(variant: Variant, w, device, opts, scan_logits: dict) -> dict:
+def run_variant(variant: Variant, w, device, opts, scan_logits: dict) -> Entry:
     """Check, compile and time one variant on one workload: one JSON entry.
 
     ``scan_logits`` maps a workload label to the scan forward output at the workload's
@@ -177,10 +179,7 @@ def run_variant(variant: Variant, w, device, opts, scan_logits: dict) -> dict:
     )
     from bench.workloads import init_model, make_batch, make_functions
 
-    entry = {"kind": "ours", "impl": "stackrnn_jax", "variant": variant.name,
-             "strategy": variant.strategy, "unroll": variant.unroll,
-             "bench_only": variant.bench_only, "workload": w.as_dict(),
-             "status": "ok", "note": "", "check": None, "forward": None, "train": None}
+    entry = ours_entry(variant, w)
     if variant.strategy == "loop" and w.T > opts.loop_max_T:
         entry.update(status="skipped",
                      note=f"loop compiles in time ~linear in T; skipped above T={opts.loop_max_T} "
