@@ -61,7 +61,8 @@ def machine_line(info: dict) -> str:
     v = info.get("versions", {})
     gpu = info.get("gpu_name") or "no GPU used"
     line = (f"{info['cpu_model']}, {info['cpu_count']} cores ({info['cpu_usable']} usable); "
-            f"JAX device {info['jax_platform']} ({gpu}); jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, "
+            f"JAX device {info['jax_platform']} ({gpu}); "
+            f"jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, "
             f"flax {v.get('flax')}, keras {v.get('keras')}, torch {v.get('torch')}; "
             f"Python {info['python']}; {info['date_utc']}")
     if info.get("note"):

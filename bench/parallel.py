@@ -10,7 +10,8 @@ parallel variant also the Newton iteration count of every layer's forward solve 
 ``parallel_solve``, on the same inputs) and whether it converged before the iteration
 cap, and its output's max |difference| from scan's.
 
-Each configuration is bounded (and the whole run, with ``--deadline-s``): T runs in increasing order per (cell, H, variant) and a
+Each configuration is bounded (and the whole run, with ``--deadline-s``): T runs in
+increasing order per (cell, H, variant) and a
 point whose time, extrapolated linearly in T from the previous point, would exceed
 ``--max-call-s`` per call is skipped, as is a deer point whose Jacobians
 (``T·B·D^2`` numbers, D = H or 2H for an LSTM, held ~``JACOBIAN_COPIES`` times) would
@@ -55,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="same as --grid quick (seconds)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     p.add_argument("--device", default=None, help="cpu or gpu (default: jax.devices()[0])")
-    p.add_argument("--cells", default=None, help="comma list of simple,gru,lstm (overrides the grid)")
+    p.add_argument("--cells", default=None,
+                   help="comma list of simple,gru,lstm (overrides the grid)")
     p.add_argument("--T-values", default=None, help="comma list of sequence lengths (overrides)")
     p.add_argument("--H-values", default=None, help="comma list of hidden sizes (overrides)")
     p.add_argument("--variants", default=",".join(VARIANTS),

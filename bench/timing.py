@@ -78,7 +78,8 @@ def memory_info(compiled=None, device=None) -> dict:
                         "peak_memory_in_bytes"):
                 value = getattr(ma, key, None)
                 if value is not None:
-                    out[key.replace("_size_in_bytes", "_bytes").replace("_in_bytes", "_bytes")] = int(value)
+                    name = key.replace("_size_in_bytes", "_bytes").replace("_in_bytes", "_bytes")
+                    out[name] = int(value)
     if device is not None and device.platform != "cpu":
         try:
             stats = device.memory_stats() or {}
@@ -86,7 +87,8 @@ def memory_info(compiled=None, device=None) -> dict:
             stats = {}
         if "peak_bytes_in_use" in stats:
             out["device_peak_bytes_in_use_process"] = int(stats["peak_bytes_in_use"])
-            out["source"] = (out["source"] + " + " if out["source"] else "") + "device.memory_stats()"
+            out["source"] = ((out["source"] + " + " if out["source"] else "")
+                             + "device.memory_stats()")
     return out
 
 

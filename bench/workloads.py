@@ -91,7 +91,8 @@ def make_batch(w: Workload, seed: int = 0):
 
 
 def init_model(w: Workload, seed: int = 0) -> dict:
-    """Our model's parameters: ``embedding``, ``rnn`` (Keras-layout list), ``dense_kernel``, ``dense_bias``.
+    """Our model's parameters: ``embedding``, ``rnn`` (Keras-layout list), ``dense_kernel``,
+    ``dense_bias``.
 
     The dense head and embedding get small random values (not zeros) so that parity checks
     against peers see every weight.

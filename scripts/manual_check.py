@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     print("Prediction from manual computation:", manual)
     difference = float(np.abs(network[0] - manual).max())
     if difference > TOLERANCE:
-        print(f"MISMATCH: the predictions differ by {difference:.3g} (> {TOLERANCE})", file=sys.stderr)
+        print(f"MISMATCH: the predictions differ by {difference:.3g} (> {TOLERANCE})",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -42,4 +42,5 @@ def keep_freed_memory(threshold: int = THRESHOLD_BYTES) -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+    return (bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+            and bool(mallopt(_M_TRIM_THRESHOLD, threshold)))

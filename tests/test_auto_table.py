@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/ is a folder of the repository, not an installed package.
-
 from bench.report import AUTO_TABLE_BEGIN, AUTO_TABLE_END, auto_table
 from stackrnn_jax.strategies import auto
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_auto_table_matches_rules():

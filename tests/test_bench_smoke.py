@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 # bench/ is a folder of the repository, not an installed package.
-
 from bench import strategies as st
 from bench.run import SCHEMA, main
 

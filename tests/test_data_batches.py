@@ -57,9 +57,10 @@ def test_batch_contents_and_dtypes():
 def test_shuffle_is_deterministic_per_seed_and_epoch():
     split = make_split(64)
     order = epoch_order(split, batch_size=8, shuffle=True, seed=3, epoch=1, drop_remainder=True)
-    assert order == epoch_order(split, batch_size=8, shuffle=True, seed=3, epoch=1, drop_remainder=True)
-    assert order != epoch_order(split, batch_size=8, shuffle=True, seed=3, epoch=2, drop_remainder=True)
-    assert order != epoch_order(split, batch_size=8, shuffle=True, seed=4, epoch=1, drop_remainder=True)
+    kw = dict(batch_size=8, shuffle=True, drop_remainder=True)
+    assert order == epoch_order(split, seed=3, epoch=1, **kw)
+    assert order != epoch_order(split, seed=3, epoch=2, **kw)
+    assert order != epoch_order(split, seed=4, epoch=1, **kw)
     assert sorted(order) == list(range(64))
     assert epoch_order(split, batch_size=8, shuffle=False, drop_remainder=True) == list(range(64))
 
@@ -94,12 +95,14 @@ def test_bucketing_groups_similar_lengths_deterministically():
     split = make_split(400, seed=2)
     kwargs = {"batch_size": 10, "shuffle": True, "seed": 5, "epoch": 0, "drop_remainder": True}
     def spread(bucket):  # mean length range within a batch
-        return np.mean([np.ptp(batch["lengths"]) for batch in batches(split, bucket=bucket, **kwargs)])
+        return np.mean([np.ptp(batch["lengths"])
+                        for batch in batches(split, bucket=bucket, **kwargs)])
 
     assert spread(True) < spread(False) / 2
     assert epoch_order(split, bucket=True, **kwargs) == epoch_order(split, bucket=True, **kwargs)
     next_epoch = kwargs | {"epoch": 1}
-    assert epoch_order(split, bucket=True, **kwargs) != epoch_order(split, bucket=True, **next_epoch)
+    assert (epoch_order(split, bucket=True, **kwargs)
+            != epoch_order(split, bucket=True, **next_epoch))
     assert sorted(epoch_order(split, bucket=True, **kwargs)) == list(range(400))
 
 
@@ -156,7 +159,8 @@ def test_two_devices_split_the_batch_and_require_divisibility():
         print("ok")
         """
     )
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                        "JAX_PLATFORMS": "cpu"}
     repo = Path(__file__).resolve().parents[1]  # `python -c` imports from its working directory
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=repo, capture_output=True,
                             text=True, timeout=120, check=False)

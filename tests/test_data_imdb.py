@@ -21,7 +21,8 @@ REVIEWS = {
                      for index, (mood, extra) in enumerate(moods)]
     for split in ("train", "test")
     for label, moods in (
-        ("pos", [("Great film!", "Don't miss it."), ("Loved it", "great acting"), ("Wonderful", "")]),
+        ("pos", [("Great film!", "Don't miss it."), ("Loved it", "great acting"),
+                 ("Wonderful", "")]),
         ("neg", [("Awful film.", "Don't watch it."), ("Boring", "bad acting"),
                  ("Terrible", f"{split}onlyword")]),
     )
@@ -38,7 +39,8 @@ def write_tree(parent: Path, reviews=REVIEWS) -> Path:
         folder = root / split / label
         folder.mkdir(parents=True, exist_ok=True)
         for index, text in enumerate(texts):
-            (folder / f"{index}_{8 if label == 'pos' else 2}.txt").write_text(text, encoding="utf-8")
+            name = f"{index}_{8 if label == 'pos' else 2}.txt"
+            (folder / name).write_text(text, encoding="utf-8")
     (root / "README").write_text("not a review")
     (root / "train" / "urls_pos.txt").write_text("http://example.com")
     (root / "train" / "unsup").mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,8 @@ def test_changed_local_copy_is_prepared_again(tmp_path):
     (root / "train" / "pos" / "9_9.txt").write_text("one more review")
     write_archive(archive, root)  # same path, new size: a new source identity
     again = load_imdb_texts(archive, data_dir=tmp_path / "tfds")
-    assert len(again["train"][0]) == len(first["train"][0]) + 1 and "one more review" in again["train"][0]
+    assert len(again["train"][0]) == len(first["train"][0]) + 1
+    assert "one more review" in again["train"][0]
 
 
 @pytest.mark.parametrize("which", ["folder", "parent"])
@@ -220,7 +223,8 @@ def test_folder_without_layout(tmp_path):
 
 
 def test_archive_without_layout(tmp_path):
-    members = {"reviews/good.txt": b"fine", "aclImdb/README": b"x", "aclImdb/train/pos/1.json": b"{}"}
+    members = {"reviews/good.txt": b"fine", "aclImdb/README": b"x",
+               "aclImdb/train/pos/1.json": b"{}"}
     archive = write_members(tmp_path / "other.tar.gz", members)
     with pytest.raises(DataError, match=r"no reviews found; expected aclImdb/\{train,test\}"):
         load_imdb_texts(archive, data_dir=tmp_path / "tfds")
@@ -272,7 +276,8 @@ def test_load_encoded_builds_then_reloads_cache(tmp_path, imdb_archive, monkeypa
     cached = load_encoded(imdb_archive, **settings)
     for split in ("train", "test"):
         for field in ("ids", "lengths", "labels"):
-            built, reloaded = (getattr(getattr(result, split), field) for result in (encoded, cached))
+            built, reloaded = (getattr(getattr(result, split), field)
+                               for result in (encoded, cached))
             assert reloaded.dtype == np.int32 and np.array_equal(reloaded, built)
     assert cached.vocab == encoded.vocab and not reads
     assert not list((tmp_path / "cache").glob(".*tmp"))  # atomic write left no temporary file

@@ -63,7 +63,8 @@ def test_padding_and_truncation_match_keras(padding, truncating):
     vocab = Vocabulary.build(texts, num_words=12)
     ids, lengths = vocab.encode(texts, maxlen=7, padding=padding, truncating=truncating)
     word_ids = {word: 3 + index for index, word in enumerate(vocab.words)}
-    sequences = [[START_ID] + [word_ids.get(word, OOV_ID) for word in tokenize(text)] for text in texts]
+    sequences = [[START_ID] + [word_ids.get(word, OOV_ID) for word in tokenize(text)]
+                 for text in texts]
     assert ids.dtype == np.int32 and lengths.dtype == np.int32 and ids.shape == (50, 7)
     assert np.array_equal(ids, keras_pad(sequences, 7, padding, truncating))
     assert lengths.tolist() == [min(len(sequence), 7) for sequence in sequences]

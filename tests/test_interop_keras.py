@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "jax":  # pragma: no cover - another backend was chosen first
     pytest.skip("these tests build Keras models on the JAX backend", allow_module_level=True)
 
-from stackrnn_jax.interop.keras import import_keras, predict
+from stackrnn_jax.interop.keras import import_keras, predict  # noqa: E402 (after the backend)
 
 VOCAB, EMBED, T, BATCH = 40, 5, 7, 3
 ATOL = 1e-5

@@ -18,7 +18,8 @@ def test_stacked_rnn_module_equals_function_and_reference():
     params = model.params()
     assert y.shape == (3, 7, 10) and model.out_features == 10
     np.testing.assert_array_equal(
-        y, stacked_rnn(params, x, cell="lstm", lengths=lengths, padding="pre", return_sequences=True))
+        y, stacked_rnn(params, x, cell="lstm", lengths=lengths, padding="pre",
+                       return_sequences=True))
     ref = reference_rnn(params, x, cell="lstm", lengths=np.asarray(lengths), padding="pre",
                         return_sequences=True)
     np.testing.assert_allclose(y, ref, atol=1e-5)

@@ -99,18 +99,21 @@ test_resume.run_fit({workdir!r})
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, uninterrupted):
     workdir = tmp_path / "killed"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(root=root, workdir=str(workdir))],
+    code = KILLED_CHILD.format(root=root, workdir=str(workdir))
+    child = subprocess.run([sys.executable, "-c", code],
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     # Killed at epoch 2, batch 7 (global step 20): the newest step checkpoint is step 18.
     steps = TrainCheckpoints(workdir, keep=3, identity=run_dir.identity(RESUMABLE)).steps()
     assert steps[-1] == 18 and 13 in steps
-    assert [row["epoch"] for row in json.loads((workdir / run_dir.HISTORY_JSON).read_text())["epochs"]] == [1]
+    history = json.loads((workdir / run_dir.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1]
     resumed = run_fit(workdir)
     assert_same_run(uninterrupted[1], resumed, uninterrupted[0], workdir)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(tmp_path, monkeypatch, uninterrupted):
+def test_sigterm_saves_a_checkpoint_and_exits_then_resumes_exactly(tmp_path, monkeypatch,
+                                                                  uninterrupted):
     workdir = tmp_path / "terminated"
     inject(monkeypatch, 2, 5, lambda batch: (os.kill(os.getpid(), signal.SIGTERM), batch)[1])
     with pytest.raises(TrainingInterrupted, match="checkpoint saved") as stopped:
@@ -188,7 +191,8 @@ def test_second_train_on_a_locked_workdir_is_refused(tmp_path):
                      if p.is_file() and p.name != run_dir.LOCK}
     before = files()
     with run_dir.lock(workdir):
-        with pytest.raises(run_dir.RunError, match=r"in use by another `stackrnn train` \(pid \d+\)"):
+        in_use = r"in use by another `stackrnn train` \(pid \d+\)"
+        with pytest.raises(run_dir.RunError, match=in_use):
             train.train_and_evaluate(RESUMABLE, workdir, data=tmp_path / "never-read")
     assert files() == before
 
@@ -230,7 +234,8 @@ history = test_resume.run_fit({workdir!r}, test_resume.RESUMABLE.replace(dropout
 from flax import nnx
 from stackrnn_jax import run_dir, train
 model = train.create_model(test_resume.RESUMABLE)
-params, _ = run_dir.restore_best({workdir!r}, nnx.state(model, nnx.Param))  # unsharded, as predict.py
+# unsharded, as predict.py
+params, _ = run_dir.restore_best({workdir!r}, nnx.state(model, nnx.Param))
 nnx.update(model, params)
 graphdef, state = nnx.split(model)
 best = train.evaluate(train.make_eval_step(graphdef, test_resume.RESUMABLE), state,
@@ -244,7 +249,8 @@ def run_child(tmp_path, name, devices, batch_size=16):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu"}
-    code = DATA_PARALLEL_CHILD.format(root=root, workdir=str(tmp_path / name), batch_size=batch_size)
+    code = DATA_PARALLEL_CHILD.format(root=root, workdir=str(tmp_path / name),
+                                      batch_size=batch_size)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=300)
 
@@ -277,7 +283,8 @@ with run_dir.lock({workdir!r}):
     run_dir.prepare({workdir!r}, config)
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("prepared")
-    history = train.fit(config, test_resume.synthetic_split(200, 0), test_resume.synthetic_split(64, 1),
+    history = train.fit(config, test_resume.synthetic_split(200, 0),
+                        test_resume.synthetic_split(64, 1),
                         {workdir!r}, progress=False, resume=False)
 print(json.dumps({{"processes": jax.process_count(), "devices": jax.device_count(),
                   "losses": [[r[k] for k in test_resume.METRICS] for r in history["epochs"]]}}))

@@ -137,7 +137,8 @@ def test_gru_reset_before():
         params, x, _ = _problem("gru", [4, 3], reset_after=False)
         kw = dict(cell="gru", lengths=LENGTHS, padding="pre", return_sequences=True)
         for strategy in FORWARD:
-            out = jax.jit(lambda p, x: stacked_rnn(p, x, strategy=strategy, **kw))(params, x)
+            run = functools.partial(stacked_rnn, strategy=strategy, **kw)
+            out = jax.jit(run)(params, x)
             assert max_error(out, reference_rnn(params, x, **kw)) < 1e-10
         ours = _loss_and_grad("scan_vjp", "gru", (4, 3), reset_after=False)
         assert max_error(ours, _scan_loss_and_grad("gru", reset_after=False)) < 1e-10

@@ -234,8 +234,8 @@ def _download_and_prepare(builder: ImdbReviews) -> None:
         raise DataError(f"IMDB download failed ({reason}); {_HOW_TO_PASS_LOCAL_COPY}") from error
 
 
-def load_texts(source: Source,
-               data_dir: str | os.PathLike | None = None) -> dict[str, tuple[list[str], np.ndarray]]:
+def load_texts(source: Source, data_dir: str | os.PathLike | None = None
+               ) -> dict[str, tuple[list[str], np.ndarray]]:
     """Prepares ``source`` once under ``data_dir``, then reads both splits (see load_imdb_texts)."""
     builder = imdb_builder(source, data_dir)
     if not builder.is_prepared():
@@ -246,7 +246,8 @@ def load_texts(source: Source,
     return {split: _read_split(builder, split) for split in SPLITS}
 
 
-def load_imdb_texts(data: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
+def load_imdb_texts(data: str | os.PathLike | None = None, *,
+                    data_dir: str | os.PathLike | None = None
                     ) -> dict[str, tuple[list[str], np.ndarray]]:
     """Raw IMDB reviews: ``{"train": (texts, labels), "test": (texts, labels)}``.
 

@@ -25,7 +25,8 @@ SUM_CELLS = frozenset({"simple", "lstm"})
 
 
 def recurrent_matmul(cell, params, carry, xw_t):
-    """``carry`` (each ``(rows, units)``), ``xw_t (rows, gates*units)`` -> ``u (rows, gates*units)``."""
+    """``carry`` (each ``(rows, units)``), ``xw_t (rows, gates*units)`` ->
+    ``u (rows, gates*units)``."""
     h, w_h = carry[0], params["recurrent_kernel"]
     if cell.name != "gru":
         return h @ w_h

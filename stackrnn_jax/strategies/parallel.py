@@ -62,10 +62,10 @@ import jax
 import jax.numpy as jnp
 
 from stackrnn_jax.ops import newton
-from stackrnn_jax.strategies.common import layer_by_layer
-from stackrnn_jax.strategies.registry import register
 from stackrnn_jax.ops.linear_scan import is_full
 from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
+from stackrnn_jax.strategies.common import layer_by_layer
+from stackrnn_jax.strategies.registry import register
 
 METHODS = ("auto", "deer", "quasi")
 INITS = ("input", "zeros")

@@ -9,7 +9,8 @@ from stackrnn_jax.strategies.registry import register
 
 
 def _run_layer(cell, params, xw, mask, carry, *, unroll=1):
-    """Scan ``cell.step`` over ``xw (time, batch, gates*units)``; ``unroll`` steps per loop iteration."""
+    """Scan ``cell.step`` over ``xw (time, batch, gates*units)``, ``unroll`` steps per loop
+    iteration."""
 
     def body(carry, inputs):
         xw_t, m_t = inputs

@@ -32,10 +32,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, SUM_CELLS, head, recurrent_matmul
 from stackrnn_jax.strategies.common import layer_by_layer
 from stackrnn_jax.strategies.registry import register
-from stackrnn_jax.ops.recurrent_split import (SPLIT_CELLS, SUM_CELLS, head,
-                                                     recurrent_matmul)
 
 
 def _held(cell, carry, xw_t, u_t, m_t):

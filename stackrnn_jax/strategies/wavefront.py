@@ -57,14 +57,15 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
     else:
         # Without a user mask the skew depends on (step, layer) only: broadcast over batch.
         real = jnp.ones((time, 1), bool) if mask is None else mask
-        skewed_mask = jnp.stack([_skew(real, l, depth) for l in range(depth)], axis=1)[..., None]
+        skewed = [_skew(real, layer, depth) for layer in range(depth)]
+        skewed_mask = jnp.stack(skewed, axis=1)[..., None]
     if all(b is None for b in between):
         skewed_between = None
     else:
         skewed_between = jnp.stack(
             [_skew(jnp.ones((time, xs.shape[1], width), xs.dtype) if b is None
-                   else _pad_axis(b, -1, width), l, depth)
-             for l, b in enumerate(between, start=1)], axis=1)  # (S, L-1, batch, width)
+                   else _pad_axis(b, -1, width), layer, depth)
+             for layer, b in enumerate(between, start=1)], axis=1)  # (S, L-1, batch, width)
 
     step_all = jax.vmap(lambda p, c, x, m: masked_step(cell, p, c, x, m))
     project_upper = jax.vmap(cell.project)
@@ -85,12 +86,13 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
     (states, _), tops = jax.lax.scan(body, (states, below), (xw0, skewed_mask, skewed_between),
                                      unroll=unroll)
     ys = tops[depth - 1:depth - 1 + time, :, :units[-1]]
-    finals = [tuple(part[l, :, :n] for part in states) for l, n in enumerate(units)]
+    finals = [tuple(part[layer, :, :n] for part in states) for layer, n in enumerate(units)]
     return ys, finals
 
 
 def _skew(a, layer, depth):
-    """``a (time, ...)`` -> ``(time + depth - 1, ...)`` starting at step ``layer``, zero/False elsewhere."""
+    """``a (time, ...)`` -> ``(time + depth - 1, ...)`` starting at step ``layer``, zero/False
+    elsewhere."""
     return jnp.pad(a, [(layer, depth - 1 - layer)] + [(0, 0)] * (a.ndim - 1))
 
 
