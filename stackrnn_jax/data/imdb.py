@@ -100,8 +100,9 @@ def _archive_members(archive_path: Path) -> Iterator[tuple[str, str, bytes]]:
         with tarfile.open(archive_path, "r:*") as archive:
             for member in archive:
                 key = member.name.removeprefix("./")
-                if member.isfile() and _REVIEW_PATH.fullmatch(key):
-                    yield key, f"{archive_path} (member {key})", archive.extractfile(member).read()
+                content = archive.extractfile(member) if member.isfile() else None
+                if content is not None and _REVIEW_PATH.fullmatch(key):
+                    yield key, f"{archive_path} (member {key})", content.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{archive_path}: not a readable tar archive ({error})") from error
 
@@ -125,7 +126,8 @@ def read_reviews(path: Path) -> dict[str, list[tuple[str, dict[str, str]]]]:
     the paths inside the archive, so a folder and its archive give the same dataset.
     """
     reviews = _archive_members(path) if path.is_file() else _folder_files(path)
-    examples = {(split, label): [] for split in SPLITS for label in LABEL_NAMES}
+    examples: dict[tuple[str, str], list] = {(split, label): []
+                                             for split in SPLITS for label in LABEL_NAMES}
     for key, where, raw in reviews:
         try:
             text = raw.decode("utf-8")
@@ -151,7 +153,7 @@ class _SourceConfig(stock_imdb.IMDBReviewsConfig):
         self.source = source
 
 
-class ImdbReviews(stock_imdb.Builder, skip_registration=True):
+class ImdbReviews(stock_imdb.Builder, skip_registration=True):  # type: ignore[call-arg]
     """The stock ``imdb_reviews`` builder, reading train and test only, with :mod:`tarfile`.
 
     Same name, features and metadata as the stock builder; not registered, so
