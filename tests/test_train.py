@@ -126,6 +126,7 @@ def test_schedules_and_clipping():
 
 def test_workdir_with_another_config_is_refused(tmp_path):
     run_dir.prepare(tmp_path / "w", CONFIG)
+    (tmp_path / "w" / run_dir.TRAIN_STATE / "3").mkdir(parents=True)  # a checkpoint: a run
     run_dir.prepare(tmp_path / "w", CONFIG.replace(strategy="loop", log_every=1))  # same model
     with pytest.raises(run_dir.RunError, match="cell: 'simple' -> 'gru'"):
         run_dir.prepare(tmp_path / "w", CONFIG.replace(cell="gru"))
