@@ -1,7 +1,9 @@
-"""SIGINT/SIGTERM during training: finish the current step, checkpoint, exit cleanly."""
+"""SIGINT/SIGTERM: during training, finish the current step, checkpoint, exit cleanly;
+at any other time, stop with one line (``stopping_on_signals``)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -45,3 +47,22 @@ class StopRequests:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+
+@contextlib.contextmanager
+def stopping_on_signals(what_happened: str):
+    """While active, SIGINT and SIGTERM raise ``TrainingInterrupted`` wherever the main
+    thread is (start-up, data preparation, compiling), so that every stage ends with one
+    line; ``what_happened`` completes it. ``StopRequests`` takes over inside the training
+    loop. The previous handlers come back on exit (inert outside the main thread)."""
+    def stop(signum, frame):
+        raise TrainingInterrupted(f"interrupted (signal {signum}) {what_happened}", signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, stop) for signum in StopRequests.SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
