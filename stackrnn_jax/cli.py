@@ -22,9 +22,10 @@ from stackrnn_jax.interrupts import TrainingInterrupted, stopping_on_signals
 
 PREVIEW_CHARS = 60
 NO_KNOWN_WORD = "[no known word] "  # before the preview of a text the vocabulary cannot read
-# What a signal before or after the training loop (which checkpoints first) did.
-STOPPED = {"train": "before training started; nothing was lost: run the same command to start",
-           "evaluate": "nothing was written", "predict": "nothing was written"}
+# The rest of the line for a signal outside the training steps (which checkpoint first).
+STOPPED = {"train": " outside the training steps; no checkpoint was lost: run the same command "
+                    "to start or resume", "evaluate": "; nothing was written",
+           "predict": "; nothing was written"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -53,10 +53,11 @@ class StopRequests:
 def stopping_on_signals(what_happened: str):
     """While active, SIGINT and SIGTERM raise ``TrainingInterrupted`` wherever the main
     thread is (start-up, data preparation, compiling), so that every stage ends with one
-    line; ``what_happened`` completes it. ``StopRequests`` takes over inside the training
-    loop. The previous handlers come back on exit (inert outside the main thread)."""
+    line: "interrupted (signal N)" + ``what_happened``. ``StopRequests`` takes over inside
+    the training loop. The previous handlers come back on exit (inert outside the main
+    thread)."""
     def stop(signum, frame):
-        raise TrainingInterrupted(f"interrupted (signal {signum}) {what_happened}", signum)
+        raise TrainingInterrupted(f"interrupted (signal {signum}){what_happened}", signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():

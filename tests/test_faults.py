@@ -319,7 +319,8 @@ def test_sigterm_during_start_up_is_one_line(finished, tmp_path, capfd, monkeypa
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert received == []  # the command's own handler took it, and gave the old one back
-    assert "signal 15" in message and "before training started" in message
+    assert message == ("stopped: interrupted (signal 15) outside the training steps; no checkpoint "
+                       "was lost: run the same command to start or resume")
 
 
 # 6. Empty reviews.
