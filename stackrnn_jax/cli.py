@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # ~25-35% faster CPU train steps (see allocator.py)
-    if not getattr(sys.unraisablehook, "drops_closed_event_loop", False):
-        sys.unraisablehook = _dropping_closed_event_loop(sys.unraisablehook)
+    if not getattr(sys.unraisablehook, "quiet_failed_read_aftermath", False):
+        sys.unraisablehook = _quiet_failed_read_aftermath(sys.unraisablehook)
     try:
         with warnings.catch_warnings(), stopping_on_signals(STOPPED[args.command]):
             warnings.showwarning = _warning_line
@@ -195,12 +195,12 @@ def _predict(args) -> None:
 
 def _quiet_data_layer():
     """tfds prints and logs chatter while preparing a dataset; stdout is for results and
-    stderr for one error line, so drop it (tfds' own progress bars still show)."""
+    stderr for one error line, so drop it (its progress bars show unless --no-progress)."""
     logging.getLogger("absl").setLevel(logging.ERROR)
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _dropping_closed_event_loop(hook):
+def _quiet_failed_read_aftermath(hook):
     """``sys.unraisablehook`` ``hook``, except for a failed checkpoint read's aftermath.
 
     orbax reads every array of a checkpoint in an asyncio loop and stops at the first
@@ -214,7 +214,7 @@ def _dropping_closed_event_loop(hook):
                 or text.startswith("Encountered error while reading array index")):
             hook(unraisable)
 
-    dropping.drops_closed_event_loop = True
+    dropping.quiet_failed_read_aftermath = True
     return dropping
 
 

@@ -206,7 +206,7 @@ def restore_best(workdir: str | Path, abstract_params):
         cause = error
         while cause.__cause__ is not None:  # tensorstore's own error says what is wrong
             cause = cause.__cause__
-        raise RunError(f"{path}: damaged checkpoint ({_first_line(cause)}); restore it from a "
+        raise RunError(f"{path}: damaged checkpoint ({first_line(cause)}); restore it from a "
                        "copy, or train anew with --overwrite") from error
 
 
@@ -260,7 +260,8 @@ def _read_best(workdir: str | Path) -> dict[str, Any]:
     return info
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (for one-line reports), at most 400 characters."""
     text = str(error).strip()
     return text.splitlines()[0][:400] if text else ""
 

@@ -56,6 +56,8 @@ CASES = [
         ("SIGTERM during start-up", "test_sigterm_during_start_up_is_one_line"),
         ("train again on a finished run (another --strategy)",
          "test_finished_run_is_read_only_to_train"),
+        ("resume with another data source (another vocabulary)",
+         "test_resume_on_other_data_is_refused"),
         ("best.json names ../victim, an absolute path, or the run itself",
          "test_paths_read_from_run_files_stay_inside_the_run"),
     ]),
@@ -374,6 +376,21 @@ def test_finished_run_is_read_only_to_train(finished, tmp_path, capfd):
     assert main(["train", "--workdir", str(workdir), "--data", str(archive), *RUN,
                  "--strategy", "scan"]) == 0
     assert "already trained its 2 epochs" in capfd.readouterr().out
+    assert snapshot(workdir) == before
+
+
+def test_resume_on_other_data_is_refused(finished, tmp_path, capfd):
+    workdir = copy_run(finished, tmp_path)
+    steps = sorted((workdir / run_dir.TRAIN_STATE).iterdir(), key=lambda path: int(path.name))
+    for checkpoint in steps[1:]:
+        shutil.rmtree(checkpoint)  # back to epoch 1's end: the run would resume
+    shutil.rmtree(workdir / run_dir.CHECKPOINTS)
+    (workdir / run_dir.BEST).unlink()
+    before = snapshot(workdir)
+    other = write_archive(tmp_path / "other.tar.gz", seed=1)  # other reviews: other word ranks
+    message = fails_with_one_line(capfd, ["train", "--workdir", str(workdir), "--data", str(other),
+                                          *RUN])
+    assert "another vocabulary" in message and "--overwrite" in message
     assert snapshot(workdir) == before
 
 
