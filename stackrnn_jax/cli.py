@@ -18,14 +18,13 @@ from pathlib import Path
 
 from stackrnn_jax.config import (CELLS, DTYPES, NONFINITE_POLICIES, PADDING_SIDES, PRESETS,
                                  SCHEDULES, TrainConfig)
-from stackrnn_jax.interrupts import TrainingInterrupted, stopping_on_signals
+from stackrnn_jax.interrupts import TrainingInterrupted, exiting_on_signals
 
 PREVIEW_CHARS = 60
 NO_KNOWN_WORD = "[no known word] "  # before the preview of a text the vocabulary cannot read
-# The rest of the line for a signal outside the training steps (which checkpoint first).
-STOPPED = {"train": " outside the training steps; no checkpoint was lost: run the same command "
-                    "to start or resume", "evaluate": "; nothing was written",
-           "predict": "; nothing was written"}
+# The line for a signal outside the training steps (inside them, a checkpoint comes first).
+STOPPED = ("stopped: interrupted (signal {signum}) outside the training steps; nothing was lost: "
+           "run the same command again (a run resumes from its last checkpoint)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; the exit status is 0 on success."""
+    with exiting_on_signals(STOPPED):  # first: the parser's imports (JAX) take seconds
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from stackrnn_jax.allocator import keep_freed_memory
 
     args = build_parser().parse_args(argv)
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(sys.unraisablehook, "quiet_failed_read_aftermath", False):
         sys.unraisablehook = _quiet_failed_read_aftermath(sys.unraisablehook)
     try:
-        with warnings.catch_warnings(), stopping_on_signals(STOPPED[args.command]):
+        with warnings.catch_warnings():
             warnings.showwarning = _warning_line
             args.run(args)
     except (ValueError, OSError) as error:  # DataError and RunError are ValueErrors

@@ -1,10 +1,12 @@
 """SIGINT/SIGTERM: during training, finish the current step, checkpoint, exit cleanly;
-at any other time, stop with one line (``stopping_on_signals``)."""
+at any other time, exit at once with one line (``exiting_on_signals``)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 
@@ -50,14 +52,21 @@ class StopRequests:
 
 
 @contextlib.contextmanager
-def stopping_on_signals(what_happened: str):
-    """While active, SIGINT and SIGTERM raise ``TrainingInterrupted`` wherever the main
-    thread is (start-up, data preparation, compiling), so that every stage ends with one
-    line: "interrupted (signal N)" + ``what_happened``. ``StopRequests`` takes over inside
-    the training loop. The previous handlers come back on exit (inert outside the main
-    thread)."""
+def exiting_on_signals(line: str):
+    """While active, SIGINT and SIGTERM end the process at once with ``line`` (formatted
+    with ``signum``) on stderr and status 128 + signum, wherever the main thread is:
+    start-up, imports, data preparation, compiling. ``StopRequests`` takes over inside the
+    training loop, where a checkpoint comes first.
+
+    Exiting at once is what the default SIGTERM does, and is safe for the same reason a
+    SIGKILL is: every file is written aside and renamed. An exception raised from the
+    handler instead could land in library code that catches it (tensorflow-datasets'
+    lazy imports do) and leave it half initialised. The previous handlers come back on
+    exit (inert outside the main thread).
+    """
     def stop(signum, frame):
-        raise TrainingInterrupted(f"interrupted (signal {signum}){what_happened}", signum)
+        os.write(sys.stderr.fileno(), (line.format(signum=signum) + "\n").encode())
+        os._exit(128 + signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
