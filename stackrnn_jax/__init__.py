@@ -1,8 +1,6 @@
 """stackrnn-jax: stacked SimpleRNN / LSTM / GRU in JAX, checked against a NumPy reference."""
 
-from stackrnn_jax.cells import GRUCell, LSTMCell, SimpleRNNCell, make_cell
-from stackrnn_jax.stack import init_params, stacked_rnn
-from stackrnn_jax.strategies import STRATEGIES
+import importlib
 
 __all__ = [
     "GRUCell", "LSTMCell", "SimpleRNNCell", "make_cell",
@@ -11,10 +9,18 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# Everything loads on first use: `stackrnn` installs its signal handlers before JAX is
+# imported (seconds), and the Flax face loads flax only when asked for.
+_HOMES = {"GRUCell": "cells", "LSTMCell": "cells", "SimpleRNNCell": "cells", "make_cell": "cells",
+          "init_params": "stack", "stacked_rnn": "stack", "STRATEGIES": "strategies",
+          "StackedRNN": "nn", "SentimentClassifier": "nn"}
+
 
 def __getattr__(name):
-    # The Flax face loads flax only when asked for, keeping `import stackrnn_jax` light.
-    if name in ("StackedRNN", "SentimentClassifier"):
-        from stackrnn_jax import nn
-        return getattr(nn, name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"stackrnn_jax.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'stackrnn_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

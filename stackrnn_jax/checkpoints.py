@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stackrnn_jax.run_dir import TRAIN_STATE
+from stackrnn_jax.run_dir import TRAIN_STATE, first_line
 
 
 
@@ -99,7 +99,7 @@ class TrainCheckpoints:
                 position = dict(restored["position"])
             except Exception as error:  # noqa: BLE001 - any failure to read means a damaged step
                 warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable "
-                              f"({type(error).__name__}: {_first_line(error)}); "
+                              f"({type(error).__name__}: {first_line(error)}); "
                               "falling back to the previous one", stacklevel=2)
                 continue
             if position.get("identity") != self.identity:
@@ -116,11 +116,6 @@ class TrainCheckpoints:
 
 def _abstract(a) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def _identity_diff(old: Any, new: dict[str, Any]) -> str:

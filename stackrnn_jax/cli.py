@@ -10,15 +10,21 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from stackrnn_jax.config import (CELLS, DTYPES, NONFINITE_POLICIES, PADDING_SIDES, PRESETS,
                                  SCHEDULES, TrainConfig)
-from stackrnn_jax.interrupts import TrainingInterrupted
+from stackrnn_jax.interrupts import TrainingInterrupted, exiting_on_signals
 
 PREVIEW_CHARS = 60
+NO_KNOWN_WORD = "[no known word] "  # before the preview of a text the vocabulary cannot read
+# The line for a signal outside the training steps (inside them, a checkpoint comes first).
+STOPPED = ("stopped: interrupted (signal {signum}) outside the training steps; nothing was lost: "
+           "run the same command again (a run resumes from its last checkpoint)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,19 +99,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(predict, data=False)
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="review texts; '-' reads stdin")
     predict.add_argument("--file", type=Path, help="a UTF-8 file with one review per line")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON list: text, probability, label and unknown_share "
+                              "(the share of its words not in the vocabulary) per review")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; the exit status is 0 on success."""
+    with exiting_on_signals(STOPPED):  # first: the parser's imports (JAX) take seconds
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from stackrnn_jax.allocator import keep_freed_memory
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # ~25-35% faster CPU train steps (see allocator.py)
+    if not getattr(sys.unraisablehook, "quiet_failed_read_aftermath", False):
+        sys.unraisablehook = _quiet_failed_read_aftermath(sys.unraisablehook)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            args.run(args)
     except (ValueError, OSError) as error:  # DataError and RunError are ValueErrors
         print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:  # XLA's out-of-memory (jax.errors.JaxRuntimeError)
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise  # a bug: its traceback is what a report needs
+        print(f"error: out of memory ({_one_line(error)[:300]}); lower --batch-size, --units "
+              "or --maxlen, or free memory on the device (a run's checkpoints are kept)",
+              file=sys.stderr)
         return 1
     except TrainingInterrupted as interrupted:
         print(f"stopped: {interrupted}", file=sys.stderr)
@@ -127,6 +152,9 @@ def _train(args) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = config_lib.resolve(args.preset, file_values, overrides)
     out = sys.stdout
+    if not args.progress:
+        import tensorflow_datasets as tfds
+        tfds.disable_progress_bar()
     with _quiet_data_layer():
         train_and_evaluate(config, args.workdir, args.data, overwrite=args.overwrite,
                            progress=args.progress, out=out)
@@ -143,7 +171,7 @@ def _evaluate(args) -> None:
 
 
 def _predict(args) -> None:
-    from stackrnn_jax.predict import check_texts, label, load_run, predict_proba
+    from stackrnn_jax.predict import check_texts, label, load_run, predict_proba, unknown_shares
 
     texts = []
     for text in args.texts:
@@ -152,17 +180,51 @@ def _predict(args) -> None:
         texts += _lines(args.file.read_bytes(), str(args.file))
     texts = check_texts(texts)  # before loading the run: bad input fails fast
     run = load_run(args.workdir)
-    for text, probability in zip(texts, predict_proba(run, texts)):
+    shares = unknown_shares(run, texts)
+    for number in [n for n, share in enumerate(shares, start=1) if share == 1.0]:
+        print(f"warning: review {number} has no word in the run's vocabulary: its score says "
+              "nothing about it", file=sys.stderr)
+    scored = list(zip(texts, predict_proba(run, texts), shares))
+    if args.json:
+        print(json.dumps([{"text": text, "probability": float(probability),
+                           "label": label(probability), "unknown_share": float(share)}
+                          for text, probability, share in scored], indent=2))
+        return
+    for text, probability, share in scored:
         preview = " ".join(text.split())
         preview = preview if len(preview) <= PREVIEW_CHARS else preview[: PREVIEW_CHARS - 3] + "..."
-        print(f"{probability:.4f}\t{label(probability)}\t{preview}")
+        print(f"{probability:.4f}\t{label(probability)}\t"
+              f"{NO_KNOWN_WORD if share == 1.0 else ''}{preview}")
 
 
 def _quiet_data_layer():
     """tfds prints and logs chatter while preparing a dataset; stdout is for results and
-    stderr for one error line, so drop it (tfds' own progress bars still show)."""
+    stderr for one error line, so drop it (its progress bars show unless --no-progress)."""
     logging.getLogger("absl").setLevel(logging.ERROR)
     return contextlib.redirect_stdout(io.StringIO())
+
+
+def _quiet_failed_read_aftermath(hook):
+    """``sys.unraisablehook`` ``hook``, except for a failed checkpoint read's aftermath.
+
+    orbax reads every array of a checkpoint in an asyncio loop and stops at the first
+    failure (a damaged checkpoint: one ``error:`` line). The other reads fail too, but
+    nobody retrieves their errors, and their callbacks then find the loop closed; Python
+    would print each as an "Exception ignored" traceback, after that line or at exit.
+    """
+    def dropping(unraisable):
+        value, text = unraisable.exc_value, str(unraisable.exc_value)
+        if not (isinstance(value, RuntimeError) and text == "Event loop is closed"
+                or text.startswith("Encountered error while reading array index")):
+            hook(unraisable)
+
+    dropping.quiet_failed_read_aftermath = True
+    return dropping
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: one ``warning:`` line, no source excerpt."""
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def _lines(raw: bytes, where: str) -> list[str]:

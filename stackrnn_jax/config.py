@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -68,6 +69,10 @@ class TrainConfig:
         choices = {"cell": CELLS, "padding": PADDING_SIDES, "truncating": PADDING_SIDES,
                    "dtype": DTYPES, "schedule": SCHEDULES, "strategy": tuple(STRATEGIES),
                    "on_nonfinite": NONFINITE_POLICIES}
+        for field in dataclasses.fields(self):  # nan passes every `<` test below; inf most
+            value = getattr(self, field.name)
+            if field.type == "float" and not math.isfinite(value):
+                raise ValueError(f"{field.name}: expected a finite number, got {value}")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}; "

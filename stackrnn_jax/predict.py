@@ -12,7 +12,8 @@ from flax import nnx
 
 from stackrnn_jax import run_dir
 from stackrnn_jax.config import TrainConfig
-from stackrnn_jax.data import EncodedSplit, Vocabulary, load_encoded, load_imdb_texts
+from stackrnn_jax.data import (EncodedSplit, Vocabulary, check_reviews, load_encoded,
+                               load_imdb_texts, tokenize)
 from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.train import create_model, evaluate, make_eval_step, model_logits
 
@@ -58,6 +59,7 @@ def evaluate_run(run: Run, data=None, *, cache_dir=None, data_dir=None) -> dict[
         texts, labels = load_imdb_texts(data, data_dir=data_dir)["test"]
         test = EncodedSplit(*run.vocab.encode(texts, config.maxlen, config.padding,
                                               config.truncating), labels)
+    check_reviews(test, "test")
     graphdef, state = nnx.split(run.model)
     metrics = evaluate(make_eval_step(graphdef, config), state, test, config.batch_size)
     return {**metrics, "examples": len(test)}
@@ -94,6 +96,16 @@ def predict_proba(run: Run, texts: Sequence[str]) -> np.ndarray:
         rows = np.resize(np.arange(start, min(start + chunk, len(texts))), chunk)
         out.append(np.asarray(probabilities(state, ids[rows], lengths[rows]))[: len(texts) - start])
     return np.concatenate(out).astype(np.float32)
+
+
+def unknown_shares(run: Run, texts: Sequence[str]) -> np.ndarray:
+    """The share ``(len(texts),)`` of each text's words that the run's vocabulary lacks;
+    1.0 for a text with no word at all: its score is the model's answer to no input."""
+    shares = []
+    for text in texts:
+        words = tokenize(text)
+        shares.append(sum(word not in run.vocab for word in words) / len(words) if words else 1.0)
+    return np.asarray(shares, np.float64)
 
 
 def label(probability: float) -> str:

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -54,10 +55,13 @@ def identity(config: TrainConfig) -> dict[str, Any]:
 def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False) -> bool:
     """Get ``workdir`` ready for training ``config``; returns whether a run there can resume.
 
-    A run with the same config (``EXECUTION_FIELDS`` aside) and resumable checkpoints is
-    kept for resuming. An existing run with a different config, or a non-empty folder
-    that is no run, is refused unless ``overwrite``. Otherwise (and with ``overwrite``)
-    only the files this module writes are removed. Hold ``lock(workdir)`` around it.
+    A run (a config and at least one checkpoint) with the same config
+    (``EXECUTION_FIELDS`` aside) is kept for resuming, untouched: ``train.fit`` rewrites
+    its config only once it trains further, so a finished run stays as it is. A run with
+    a different config, or a non-empty folder that is no run, is refused unless
+    ``overwrite``. A start that failed before its first checkpoint left no run: it is
+    replaced. Otherwise (and with ``overwrite``) only the files this module writes are
+    removed. Hold ``lock(workdir)`` around it.
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -65,27 +69,35 @@ def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False
     resumable = False
     if workdir.is_dir() and not overwrite:
         if (workdir / CONFIG).exists():
+            resumable = is_run(workdir)
             changed = _differences(read_config(workdir), config)
-            if changed:
+            if changed and resumable:
                 raise RunError(f"workdir {workdir} holds a run with another config ({changed}); "
                                "pass --overwrite to replace it, or choose another --workdir")
-            resumable = (workdir / TRAIN_STATE).is_dir() and any((workdir / TRAIN_STATE).iterdir())
+            if resumable and (workdir / BEST).exists():
+                _read_best(workdir)  # a run whose files point outside it is refused up front
         elif any(p.name != LOCK for p in workdir.iterdir()):
             raise RunError(f"workdir {workdir} is not empty and holds no run; "
                            "pass --overwrite to write into it anyway, or choose another --workdir")
-    if jax.process_index() != 0:  # multi-host: process 0 prepares, the others wait for it
+    if jax.process_index() != 0 or resumable:  # multi-host: process 0 prepares, the others wait
         return resumable
     try:
-        if not resumable:
-            for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):
-                (workdir / name).unlink(missing_ok=True)
-            shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-            shutil.rmtree(workdir / TRAIN_STATE, ignore_errors=True)
+        for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):
+            (workdir / name).unlink(missing_ok=True)
+        shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(workdir / TRAIN_STATE, ignore_errors=True)
         workdir.mkdir(parents=True, exist_ok=True)
-        write_json(workdir / CONFIG, config.to_dict())  # execution fields may have changed
+        write_json(workdir / CONFIG, config.to_dict())
     except OSError as error:
         raise unwritable(workdir, error) from error
     return resumable
+
+
+def is_run(workdir: str | Path) -> bool:
+    """Whether ``workdir`` holds a run: a checkpoint was written (a resumable or a best one)."""
+    workdir = Path(workdir)
+    state = workdir / TRAIN_STATE
+    return (workdir / BEST).exists() or (state.is_dir() and any(state.iterdir()))
 
 
 @contextlib.contextmanager
@@ -166,13 +178,14 @@ def save_best(workdir: str | Path, params, info: dict[str, Any]) -> None:
     workdir = Path(workdir)
     name = f"{CHECKPOINTS}/epoch_{info['epoch']}"
     target = (workdir / name).absolute()
+    # Read (and check) the previous best first: its folder is removed below.
+    previous = _read_best(workdir) if (workdir / BEST).exists() else None
     shutil.rmtree(target, ignore_errors=True)  # a leftover of an interrupted earlier run
     with ocp.StandardCheckpointer() as checkpointer:  # writes aside, renames when complete
         checkpointer.save(target, params)
         checkpointer.wait_until_finished()
     if jax.process_index() != 0:  # the orbax save above is collective; the rest is process 0's
         return
-    previous = _read_best(workdir) if (workdir / BEST).exists() else None
     write_json(workdir / BEST, {**info, "checkpoint": name})
     if previous and previous["checkpoint"] != name:
         shutil.rmtree(workdir / previous["checkpoint"], ignore_errors=True)
@@ -184,18 +197,23 @@ def restore_best(workdir: str | Path, abstract_params):
 
     info = _read_best(workdir)
     path = (Path(workdir) / info["checkpoint"]).absolute()
+    if not path.is_dir():
+        raise RunError(f"{path}: unreadable checkpoint (missing); train anew with --overwrite")
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(path, abstract_params), info
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{path}: unreadable checkpoint ({type(error).__name__}: "
-                       f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise bare Exceptions too
+        cause = error
+        while cause.__cause__ is not None:  # tensorstore's own error says what is wrong
+            cause = cause.__cause__
+        raise RunError(f"{path}: damaged checkpoint ({first_line(cause)}); restore it from a "
+                       "copy, or train anew with --overwrite") from error
 
 
 def write_history(workdir: str | Path, history: dict[str, Any]) -> None:
     """``history.json`` (everything) and ``history.csv`` (one row per epoch)."""
     workdir = Path(workdir)
-    write_json(workdir / HISTORY_JSON, history)
+    write_json(workdir / HISTORY_JSON, _finite_or_none(history))
     rows = history["epochs"]
     out = io.StringIO()
     if rows:
@@ -206,7 +224,8 @@ def write_history(workdir: str | Path, history: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    write_text(path, json.dumps(value, indent=2) + "\n")
+    """Strict JSON (no bare NaN/Infinity, which other JSON readers reject), atomically."""
+    write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -223,6 +242,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def _read_best(workdir: str | Path) -> dict[str, Any]:
+    """best.json; its checkpoint path must lie under ``workdir/checkpoints`` (it is read,
+    and replaced by ``save_best``: a hand-edited ``../victim`` must not be removed)."""
     path = Path(workdir) / BEST
     if not path.is_file():
         raise RunError(f"no best checkpoint in {workdir} (missing {BEST}): did training finish an epoch?")
@@ -230,9 +251,30 @@ def _read_best(workdir: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(info.get("checkpoint"), str):
             raise ValueError("no checkpoint entry")
-        return info
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
         raise RunError(f"{path}: unreadable ({error})") from error
+    inside = (Path(workdir) / CHECKPOINTS).resolve()
+    if inside not in (Path(workdir) / info["checkpoint"]).resolve().parents:
+        raise RunError(f"{path}: its checkpoint {info['checkpoint']!r} is outside {inside}; the "
+                       "file was edited or damaged: fix it, or train anew with --overwrite")
+    return info
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (for one-line reports), at most 400 characters."""
+    text = str(error).strip()
+    return text.splitlines()[0][:400] if text else ""
+
+
+def _finite_or_none(value):
+    """``value`` with every NaN/Inf float replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _differences(old: TrainConfig, new: TrainConfig) -> str:

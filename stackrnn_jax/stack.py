@@ -16,6 +16,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from stackrnn_jax.cells import Cell, make_cell
 from stackrnn_jax.strategies import get_strategy
@@ -61,7 +62,7 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
                 initial_state=None, return_sequences: bool = False, return_state: bool = False,
                 strategy: str = "scan", unroll: int = 1, dropout: float = 0.0, dropout_rng=None,
                 merge: str = "concat", activation: str = "tanh", compute_dtype=None,
-                strategy_options: dict | None = None):
+                strategy_options: dict | None = None, check_lengths: bool = False):
     """Run a stacked RNN over a batch of sequences.
 
     Args:
@@ -69,6 +70,8 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       x: ``(batch, time, features)``, or ``(time, features)`` for one sequence.
       cell: ``"simple"``, ``"lstm"`` or ``"gru"``; a GRU's ``reset_after`` is read from its bias.
       lengths: ``(batch,)`` ints, the real steps of each sequence; None means all ``time`` are real.
+        Values outside ``[0, time]`` are refused when known (eager calls); under ``jax.jit``
+        they are clamped to it, unless ``check_lengths``.
       padding: where the padding of a shorter sequence sits: ``"post"`` (right) or ``"pre"``
         (left, as Keras ``pad_sequences``). Either way the final state equals the state of
         the unpadded sequence, and padded output positions are zero.
@@ -85,6 +88,8 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       compute_dtype: e.g. ``jnp.bfloat16`` to compute in a lower precision than the params.
       strategy_options: keyword arguments for the strategy itself (e.g. ``{"method":
         "quasi"}`` for ``"parallel"``); None for none.
+      check_lengths: also check traced ``lengths`` with ``jax.experimental.checkify``; the
+        caller must then run the function under ``checkify.checkify`` (see the README).
 
     Returns:
       ``y``: ``(batch, time, out)`` with ``return_sequences``, else ``(batch, out)`` — the
@@ -118,7 +123,7 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
 
     bidirectional, units = _check_params(params, the_cell, features, merge)
     the_cell = _cell_for_params(the_cell, params, bidirectional)
-    mask = _length_mask(lengths, batch, time, padding)
+    mask = _length_mask(lengths, batch, time, padding, check_lengths)
     carries = _initial_carries(initial_state, the_cell, units, batch, bidirectional, x.dtype)
 
     if compute_dtype is not None:
@@ -223,7 +228,7 @@ def _cell_for_params(cell: Cell, params, bidirectional: bool) -> Cell:
     return make_cell("gru", activation=cell.activation, reset_after=jnp.ndim(first["bias"]) == 2)
 
 
-def _length_mask(lengths, batch: int, time: int, padding: str):
+def _length_mask(lengths, batch: int, time: int, padding: str, check: bool = False):
     """``(batch, time)`` bool, True at real steps; None when every step is real."""
     if lengths is None:
         return None
@@ -239,6 +244,11 @@ def _length_mask(lengths, batch: int, time: int, padding: str):
             raise ValueError(f"lengths: expected values in [0, {time}] (the time axis), "
                              f"got min {low}, max {high}")
     lengths = jnp.asarray(lengths)
+    if check:
+        checkify.check(jnp.all((lengths >= 0) & (lengths <= time)),
+                       f"lengths: expected values in [0, {time}] (the time axis), "
+                       "got min {low}, max {high}", low=lengths.min(), high=lengths.max())
+    lengths = jnp.clip(lengths, 0, time)  # traced values are not checked: keep results defined
     steps = jnp.arange(time)[None, :]
     if padding == "post":
         return steps < lengths[:, None]

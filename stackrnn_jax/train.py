@@ -22,10 +22,11 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from stackrnn_jax import distributed, run_dir
+from stackrnn_jax import distributed, memory, run_dir
 from stackrnn_jax.checkpoints import TrainCheckpoints
 from stackrnn_jax.config import TrainConfig
-from stackrnn_jax.data import EncodedSplit, batches, load_encoded, num_batches, split_validation
+from stackrnn_jax.data import (EncodedSplit, Vocabulary, batches, check_reviews, load_encoded,
+                               num_batches, split_validation)
 from stackrnn_jax.interrupts import StopRequests, TrainingInterrupted
 from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.plots import plot_history
@@ -294,17 +295,22 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
       TrainingInterrupted: after a SIGINT/SIGTERM, once its checkpoint is saved.
       NonFiniteError: a NaN/Inf with ``on_nonfinite="stop"``.
       run_dir.RunError: the work directory cannot be written (full disk, permissions).
+      memory.OutOfMemory: the run would not fit in the device's free memory (checked
+        before the model is created, and again once its train step is compiled).
     """
     out = out or sys.stdout
     writer = distributed.is_writer()
     workdir = Path(workdir)
+    if config.batch_size > len(train):
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train)} training "
+                         f"reviews; choose --batch-size {len(train)} or less")
+    memory.check_config(config)
     layout = distributed.DataParallel(config.batch_size)
     steps = num_batches(len(train), config.batch_size, drop_remainder=False)
     model = create_model(config)
     optimizer = nnx.Optimizer(model, create_optimizer(config, steps * config.epochs), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     state = layout.replicate(state)
-    train_step = make_train_step(graphdef, config, layout.replicated)
     eval_step = make_eval_step(nnx.graphdef(model), config)
     checkpoints = TrainCheckpoints(workdir, keep=config.keep_checkpoints,
                                    identity=run_dir.identity(config))
@@ -316,16 +322,21 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
     restored = checkpoints.restore_latest(state) if resume else None
     if restored is not None:
         state, saved = restored
+        position = Position(saved["epoch"], saved["batch"], saved["step"])
+        if position.epoch > config.epochs:  # finished: its files are not ours to rewrite
+            checkpoints.close()
+            if writer:
+                print(f"The run in {workdir} has already trained its {config.epochs} epochs; "
+                      "pass --overwrite to train it again", file=out, flush=True)
+            return _with_totals(saved["history"])
         history = {**saved["history"], "config": config.to_dict(), "devices": layout.devices,
                    "processes": jax.process_count()}
-        position = Position(saved["epoch"], saved["batch"], saved["step"])
         totals = _totals_from_json(saved["totals"]) if saved["totals"] else None
-        if writer and position.epoch > config.epochs:
-            print(f"The run in {workdir} has already trained its {config.epochs} epochs; "
-                  "pass --overwrite to train it again", file=out, flush=True)
-        elif writer:
+        if writer:  # the execution fields may have changed (run_dir.prepare left it alone)
+            _write(workdir, run_dir.write_json, workdir / run_dir.CONFIG, config.to_dict())
             print(f"Resuming from step {position.step} (epoch {position.epoch}, batch "
                   f"{position.batch} of {steps})", file=out, flush=True)
+    train_step = _compiled_train_step(graphdef, config, layout, state, train, totals)
 
     def save_checkpoint(state, totals: Totals | None, position: Position) -> None:
         """``position`` is where a resume starts; ``totals`` the epoch's sums so far, if any."""
@@ -370,6 +381,19 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
     return history
 
 
+def _compiled_train_step(graphdef, config: TrainConfig, layout: distributed.DataParallel,
+                         state, train: EncodedSplit, totals: Totals | None) -> Callable:
+    """``make_train_step``, compiled ahead of the first step for the shapes of ``train``'s
+    batches, once ``memory.check_compiled`` has found that it fits in the free memory."""
+    jitted = make_train_step(graphdef, config, layout.replicated)
+    example = layout.global_batch(next(batches(train, config.batch_size, shuffle=False,
+                                               drop_remainder=False)))
+    totals = layout.replicate(totals or zero_totals())
+    compiled = jitted.lower(state, totals, example, np.int32(0)).compile()
+    memory.check_compiled(compiled, config)
+    return compiled
+
+
 def _write(workdir: Path, save: Callable, *args) -> None:
     """``save(*args)``; an OSError (full disk, permissions) becomes one RunError line."""
     try:
@@ -405,10 +429,23 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
         encoded = load_encoded(data, num_words=config.num_words, maxlen=config.maxlen,
                                padding=config.padding, truncating=config.truncating,
                                cache_dir=cache_dir, data_dir=data_dir)
+        check_reviews(encoded.train, "train")
         if distributed.is_writer():
-            _write(workdir, encoded.vocab.save, workdir / run_dir.VOCAB)
+            _keep_vocab(workdir, encoded.vocab, resume)
         train, val = split_validation(encoded.train, config.val_fraction, config.seed)
         return fit(config, train, val, workdir, progress=progress, out=out, resume=resume)
+
+
+def _keep_vocab(workdir: Path, vocab: Vocabulary, resume: bool) -> None:
+    """Save the run's vocabulary; a resumed run must have been encoded with the same one."""
+    path = workdir / run_dir.VOCAB
+    if resume and path.exists():
+        if run_dir.read_vocab(workdir) != vocab:
+            raise run_dir.RunError(
+                f"the data gives another vocabulary than the run in {workdir} was trained on "
+                f"({path}); resume with the same --data, or pass --overwrite to start afresh")
+        return
+    _write(workdir, vocab.save, path)
 
 
 def _epoch_row(epoch, metrics, val_metrics, timer: Timer, train_s, time_s, steps) -> dict:

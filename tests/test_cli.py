@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,15 +20,18 @@ TINY = ["--num-words", "40", "--maxlen", "16", "--units", "8", "--embed-dim", "8
         "--batch-size", "8", "--epochs", "3", "--lr", "0.02", "--mask", "--no-progress"]
 
 
-def write_archive(path, seed=0):
-    """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives "awful boring"."""
+def write_archive(path, seed=0, empty=0):
+    """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives "awful boring".
+
+    The first ``empty`` reviews of each split and label are empty files.
+    """
     rng = np.random.default_rng(seed)
     with tarfile.open(path, "w:gz") as archive:
         for split in ("train", "test"):
             for label, words in (("pos", "great wonderful"), ("neg", "awful boring")):
                 for index in range(PER_CLASS):
                     filler = " ".join(rng.choice(FILLER, rng.integers(3, 10)))
-                    data = f"{filler} {words} {filler}.".encode()
+                    data = f"{filler} {words} {filler}.".encode() if index >= empty else b""
                     member = tarfile.TarInfo(f"aclImdb/{split}/{label}/{index}_{7 if label == 'pos' else 2}.txt")
                     member.size = len(data)
                     archive.addfile(member, io.BytesIO(data))
@@ -127,7 +131,7 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
     assert saved["dropout"] == 0.5  # from the preset
 
 
-@pytest.mark.parametrize("argv, status, message", [
+BAD_INPUTS = [  # (argv, exit status, part of the error line)
     (["train", "--workdir", "w", "--cell", "transformer"], 2, "invalid choice"),
     (["train", "--workdir", "w", "--strategy", "nope"], 2, "invalid choice"),
     (["train", "--workdir", "w", "--epochs", "many"], 2, "invalid int value"),
@@ -138,7 +142,10 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
     (["predict", "--workdir", "nothing-here", "good"], 1, "no trained run in nothing-here"),
     (["predict", "--workdir", "nothing-here"], 1, "no review given"),
     (["predict", "--workdir", "nothing-here", "   "], 1, "review 1 is empty"),
-])
+]
+
+
+@pytest.mark.parametrize("argv, status, message", BAD_INPUTS)
 def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, status, message):
     monkeypatch.chdir(tmp_path)
     assert message in run_error(capsys, argv, status)
@@ -159,8 +166,8 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(trained, capsys
     archive, workdir, _ = trained
     other = tmp_path / "run"
     other.mkdir()
-    for name in (run_dir.CONFIG,):
-        (other / name).write_text((workdir / name).read_text())
+    (other / run_dir.CONFIG).write_text((workdir / run_dir.CONFIG).read_text())
+    shutil.copytree(workdir / run_dir.TRAIN_STATE, other / run_dir.TRAIN_STATE)  # a run
     message = run_error(capsys, ["train", "--workdir", str(other), "--data", str(archive),
                                  *TINY, "--cell", "gru"])
     assert "holds a run with another config (cell: 'simple' -> 'gru')" in message

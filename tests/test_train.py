@@ -114,6 +114,7 @@ def test_clipping_bounds_the_gradient_adam_sees(clip_norm, seen_norm):
 
 def test_workdir_with_another_config_is_refused(tmp_path):
     run_dir.prepare(tmp_path / "w", TRAIN_CONFIG)
+    (tmp_path / "w" / run_dir.TRAIN_STATE / "3").mkdir(parents=True)  # a checkpoint: a run
     run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(strategy="loop", log_every=1))  # same model
     with pytest.raises(run_dir.RunError, match="cell: 'simple' -> 'gru'"):
         run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(cell="gru"))

@@ -2,7 +2,8 @@
 
 from stackrnn_jax.data.batches import batches, num_batches
 from stackrnn_jax.data.imdb import DataError, load_imdb_texts
-from stackrnn_jax.data.pipeline import EncodedIMDB, EncodedSplit, load_encoded, split_validation
+from stackrnn_jax.data.pipeline import (EncodedIMDB, EncodedSplit, check_reviews, load_encoded,
+                                        split_validation)
 from stackrnn_jax.data.tokenizer import Vocabulary, tokenize
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "EncodedSplit",
     "Vocabulary",
     "batches",
+    "check_reviews",
     "load_encoded",
     "load_imdb_texts",
     "num_batches",

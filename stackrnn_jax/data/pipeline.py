@@ -7,14 +7,16 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from stackrnn_jax.data.imdb import SPLITS, Source, load_texts, resolve_source
+from stackrnn_jax.data.imdb import SPLITS, DataError, Source, load_texts, resolve_source
 from stackrnn_jax.data.tokenizer import TOKENIZER_VERSION, Vocabulary, check_padding_side, tokenize
 
 DEFAULT_CACHE_DIR = Path("~/.cache/stackrnn_jax/encoded")
+MIN_REVIEWS = 100  # fewer reviews with words than this: the data source is broken, not small
 _CACHE_FORMAT = 1  # bump when the .npz layout changes
 
 log = logging.getLogger(__name__)
@@ -145,3 +147,16 @@ def split_validation(split: EncodedSplit, fraction: float,
         raise ValueError(f"validation fraction {fraction} leaves one part empty "
                          f"for {len(split)} reviews")
     return split.take(np.flatnonzero(~is_validation)), split.take(np.flatnonzero(is_validation))
+
+
+def check_reviews(split: EncodedSplit, name: str, minimum: int = MIN_REVIEWS) -> None:
+    """Refuse a split with fewer than ``minimum`` reviews that hold a word; warn (with
+    their count) about the reviews that hold none (only the start id: length 1)."""
+    empty = int(np.count_nonzero(split.lengths <= 1))
+    if len(split) - empty < minimum:
+        raise DataError(f"the {name} split has {len(split) - empty} reviews with words "
+                        f"({empty} of {len(split)} are empty); at least {minimum} are needed: "
+                        "check the data source (--data)")
+    if empty:
+        warnings.warn(f"{empty} of the {len(split)} {name} reviews have no words; they are kept "
+                      "as empty reviews", stacklevel=2)

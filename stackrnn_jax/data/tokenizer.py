@@ -83,6 +83,10 @@ class Vocabulary:
         ids = {word: FIRST_WORD_ID + index for index, word in enumerate(self.words)}
         object.__setattr__(self, "_ids", ids)
 
+    def __contains__(self, word: str) -> bool:
+        """Whether ``word`` has an id of its own (else it is encoded as unknown)."""
+        return word in self._ids
+
     @classmethod
     def build(cls, texts: Sequence[str], num_words: int = 10_000) -> Vocabulary:
         """The vocabulary of ``texts`` (the train split only, to keep test words unseen)."""
