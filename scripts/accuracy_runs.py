@@ -65,9 +65,9 @@ def markdown(results: list[dict], info: dict) -> str:
         lines.append(f"| {r['preset']} | {r['seed']} | {r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} | "
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")
-    when = info.get("date", "date not recorded") + (f"; {info['note']}" if info.get("note") else "")
     lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
-                  f"jax {info['jax']} on {info['device']}; {when}. Wall times include the "
+                  f"jax {info['jax']} on {info['device']}; {info.get('date', 'date not recorded')}"
+                  f"{'; ' + info['note'] if info.get('note') else ''}. Wall times include the "
                   "per-epoch validation and the first-step compile; a shared machine makes "
                   "them noisy."]
     return "\n".join(lines) + "\n"
