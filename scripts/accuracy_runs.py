@@ -79,7 +79,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(DEFAULT_PRESETS))
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (smoke runs)")
-    parser.add_argument("--strategy", help="override the execution strategy (same numbers)")
+    parser.add_argument("--strategy", help="override the execution strategy (same function, "
+                        "float32 rounding differs)")
     parser.add_argument("--note", default="", help="free text stored with the machine")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run each preset once per seed (default: the preset's own seed)")
