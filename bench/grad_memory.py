@@ -46,9 +46,15 @@ def measure(w, device, strategies=STRATEGIES, *, repeats: int = 5, budget_s: flo
     return rows
 
 
-def markdown(w, rows: list[dict]) -> str:
+def markdown(result: dict) -> str:
+    """The table of ``grad_memory.json``: temp MB, ratio to ``scan`` and median ms per strategy."""
+    from bench.machine import machine_line
+
+    w, rows = result["workload"], result["results"]
     base = rows[0]["memory"].get("temp_bytes")
-    lines = [f"Gradient of the loss, {w.cell} T={w.T} L={w.L} H={w.H} B={w.B} E={w.E}:", "",
+    lines = [f"Machine: {machine_line(result['machine'])}", "",
+             f"Gradient of the loss, {w['cell']} T={w['T']} L={w['L']} H={w['H']} B={w['B']} "
+             f"E={w['E']}:", "",
              "| strategy | temp MB | ÷ scan | grad ms (median) |", "|---|---|---|---|"]
     for row in rows:
         temp = row["memory"].get("temp_bytes")
@@ -81,7 +87,7 @@ def main(argv=None) -> None:
     result = {"schema": "stackrnn-bench-grad-memory/1", "machine": machine_info(device, opts.note),
               "workload": w.as_dict(), "results": rows}
     (opts.out / "grad_memory.json").write_text(json.dumps(result, indent=1))
-    table = markdown(w, rows)
+    table = markdown(result)
     (opts.out / "grad_memory.md").write_text(table)
     print(table)
 

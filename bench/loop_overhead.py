@@ -206,9 +206,13 @@ def measure(w, device, opts) -> dict:
 
 
 def markdown(result: dict) -> str:
+    """The tables of ``loop_overhead.json``: loops, our strategies, torch, peers, the floor."""
+    from bench.machine import machine_line
+
     w = result["workload"]
     loops, ours, torch = result["loops"], result["ours"], result["torch"]
-    lines = [f"Workload: {w['cell']} T={w['T']} L={w['L']} H={w['H']} B={w['B']} E={w['E']}.",
+    lines = [f"Machine: {machine_line(result['machine'])}", "",
+             f"Workload: {w['cell']} T={w['T']} L={w['L']} H={w['H']} B={w['B']} E={w['E']}.",
              "", "| loop | iterations | ms | µs / iteration | matmul GFLOP/s |",
              "|---|---|---|---|---|"]
     for name, part in loops.items():

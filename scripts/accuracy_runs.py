@@ -11,6 +11,7 @@ validation accuracy, evaluate it once on all 25,000 test reviews. The summary
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import time
@@ -26,8 +27,8 @@ from stackrnn_jax.train import train_and_evaluate
 DEFAULT_PRESETS = ("simple-best", "gru-best", "lstm-best", "tutorial")
 
 
-def machine() -> dict:
-    """Where the numbers were measured (wall times depend on it and on its load)."""
+def machine(note: str = "") -> dict:
+    """Where and when the numbers were measured (wall times depend on it and on its load)."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as file:
@@ -36,7 +37,9 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
-            "device": str(jax.devices()[0])}
+            "device": str(jax.devices()[0]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "note": note}
 
 
 def run_preset(name: str, data, out: Path, overrides: dict, seed: int | None = None) -> dict:
@@ -63,8 +66,10 @@ def markdown(results: list[dict], info: dict) -> str:
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")
     lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
-                  f"jax {info['jax']} on {info['device']}. Wall times include the per-epoch "
-                  "validation and the first-step compile; a shared machine makes them noisy."]
+                  f"jax {info['jax']} on {info['device']}; {info.get('date', 'date not recorded')}"
+                  f"{'; ' + info['note'] if info.get('note') else ''}. Wall times include the "
+                  "per-epoch validation and the first-step compile; a shared machine makes "
+                  "them noisy."]
     return "\n".join(lines) + "\n"
 
 
@@ -74,12 +79,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(DEFAULT_PRESETS))
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (smoke runs)")
-    parser.add_argument("--strategy", help="override the execution strategy (same numbers)")
+    parser.add_argument("--strategy", help="override the execution strategy (same function, "
+                        "float32 rounding differs)")
+    parser.add_argument("--note", default="", help="free text stored with the machine")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run each preset once per seed (default: the preset's own seed)")
     args = parser.parse_args(argv)
     overrides = {"epochs": args.epochs, "strategy": args.strategy}
-    info, results = machine(), []
+    info, results = machine(args.note), []
     for name in args.presets:
         for seed in args.seeds or [None]:
             print(f"== {name}" + ("" if seed is None else f" seed {seed}"), flush=True)

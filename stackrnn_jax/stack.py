@@ -78,7 +78,8 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       initial_state: one state per layer (see Returns), or None for zeros.
       return_sequences: return the top layer's outputs at every step, not only the last.
       return_state: also return the final state of every layer.
-      strategy: how the steps execute (``strategies.STRATEGIES``); all give the same numbers.
+      strategy: how the steps execute (``strategies.STRATEGIES``); all compute the same
+        function (float64: equal to 1e-10; float32: to ~1e-5, rounding differs).
       unroll: timesteps per loop iteration for ``"scan"``; with ``"auto"``, the default 1
         lets the chosen rule set it (``auto.RULES``: scan at 16 on a GPU where measured).
       dropout, dropout_rng: dropout rate on the inputs of layers 2..L; applied only when a
