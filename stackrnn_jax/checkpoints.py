@@ -36,13 +36,14 @@ class CheckpointError(ValueError):
 
 def _to_savable(state: nnx.State) -> dict:
     """``state`` as a nested dict of plain arrays (typed PRNG keys -> their uint32 data)."""
-    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, state.to_pure_dict())
+    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a,
+                        nnx.to_pure_dict(state))
 
 
 def _from_savable(template: nnx.State, pure: dict) -> nnx.State:
     """Inverse of ``_to_savable``, shaped like ``template``."""
     keyed = jax.tree.map(lambda t, a: jax.random.wrap_key_data(a, impl=jax.random.key_impl(t))
-                         if _is_key(t) else a, template.to_pure_dict(), pure)
+                         if _is_key(t) else a, nnx.to_pure_dict(template), pure)
     restored = jax.tree.map(lambda a: a, template)  # a copy: replace_by_pure_dict mutates
     nnx.replace_by_pure_dict(restored, keyed)
     return restored

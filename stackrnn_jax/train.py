@@ -366,7 +366,7 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             if history["best_epoch"] is None or row["val_accuracy"] > history["best_val_accuracy"]:
                 history["best_epoch"], history["best_val_accuracy"] = epoch, row["val_accuracy"]
                 best = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")}
-                _write(workdir, run_dir.save_best, workdir, state[0].filter(nnx.Param), best)
+                _write(workdir, run_dir.save_best, workdir, nnx.filter_state(state[0], nnx.Param), best)
             if writer:
                 _write(workdir, run_dir.write_history, workdir, _with_totals(history))
             save_checkpoint(state, None, position)  # the epoch is done: resume at the next

@@ -42,7 +42,7 @@ def final_state(workdir, config=RESUMABLE):
     state, position = checkpoints.restore_latest(template)
     checkpoints.close()
     arrays = jax.tree.map(lambda a: np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(
-        a.dtype, jax.dtypes.prng_key) else a), state.to_pure_dict())
+        a.dtype, jax.dtypes.prng_key) else a), nnx.to_pure_dict(state))
     return arrays, position
 
 
