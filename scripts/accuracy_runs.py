@@ -65,7 +65,8 @@ def run_preset(name: str, data, runs: Path, overrides: dict, seed: int | None = 
     history = train_and_evaluate(config, workdir, data, overwrite=True, progress=False)
     train_s = time.perf_counter() - start
     test = evaluate_run(load_run(workdir), data)
-    return {"preset": label, "seed": config.seed, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+    return {"preset": label, "seed": config.seed, "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
             "test_examples": test["examples"], "best_epoch": history["best_epoch"],
             "best_val_accuracy": history["best_val_accuracy"], "epochs": len(history["epochs"]),
             "train_wall_s": train_s, "seconds_per_epoch": history["seconds_per_epoch"],

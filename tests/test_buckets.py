@@ -42,7 +42,7 @@ def padded_split(n: int, padding: str, seed: int = 0) -> EncodedSplit:
 
 
 def repad(ids: np.ndarray, padding: str) -> np.ndarray:
-    """A trimmed ``(batch, steps)`` block widened back to MAXLEN with zeros on ``padding``'s side."""
+    """A trimmed ``(batch, steps)`` block widened back to MAXLEN with zeros on the padding side."""
     missing = MAXLEN - ids.shape[1]
     return np.pad(ids, ((0, 0), (missing, 0) if padding == "pre" else (0, missing)))
 
