@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import jax
@@ -51,7 +52,8 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
             "device": str(jax.devices()[0])}
 
@@ -83,7 +85,8 @@ def markdown(results: list[dict], info: dict) -> str:
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")
     lines += seed_table(results)
-    lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
+    lines += ["", f"Started {info.get('date', '(date not recorded)')}. "
+                  f"Machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
                   f"jax {info['jax']} on {info['device']}. Wall times include the per-epoch "
                   "validation and the first-step compile; a shared machine makes them noisy."]
     return "\n".join(lines) + "\n"
