@@ -16,8 +16,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from stackrnn_jax.config import (CELLS, DTYPES, NONFINITE_POLICIES, PADDING_SIDES, PRESETS,
-                                 SCHEDULES, TrainConfig)
+from stackrnn_jax.config import (CELLS, DTYPES, NONFINITE_POLICIES, PADDING_SIDES, POOLINGS,
+                                 PRESETS, SCHEDULES, TrainConfig)
 from stackrnn_jax.interrupts import TrainingInterrupted, exiting_on_signals
 
 PREVIEW_CHARS = 60
@@ -57,12 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     flag("layers", type=int, help="stacked RNN layers")
     flag("units", type=int, help="units per layer")
     flag("bidirectional", action=argparse.BooleanOptionalAction)
+    flag("pooling", choices=POOLINGS, help="what the head reads: last state, max or mean over time")
     flag("embed_dim", type=int, help="embedding size")
     flag("num_words", type=int, help="vocabulary size (ids 0-2 reserved)")
     flag("maxlen", type=int, help="ids per review (cut or padded)")
     flag("padding", choices=PADDING_SIDES, help="side of the padding")
     flag("truncating", choices=PADDING_SIDES, help="side cut from long reviews")
     flag("mask", action=argparse.BooleanOptionalAction, help="skip padding steps (true lengths)")
+    flag("bucket_width", type=int, help="trim batches to multiples of this many steps "
+                                        "(needs --mask; 0: every batch runs maxlen steps)")
     flag("val_fraction", type=float, help="share of the train reviews held out for validation")
     flag("batch_size", type=int)
     flag("epochs", type=int)

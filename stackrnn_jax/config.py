@@ -24,6 +24,7 @@ PADDING_SIDES = ("pre", "post")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 NONFINITE_POLICIES = ("stop", "skip")
+POOLINGS = ("last", "max", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TrainConfig:
     bidirectional: bool = False
     embed_dim: int = 32
     dropout: float = 0.0  # between RNN layers and before the head
+    pooling: str = "last"  # the head reads the last state, or the masked max / mean over time
     embed_dropout: float = 0.0
     # Data: a num_words vocabulary, reviews cut/padded to maxlen ids.
     num_words: int = 10_000
@@ -44,6 +46,8 @@ class TrainConfig:
     padding: str = "pre"
     truncating: str = "pre"  # which end of a long review is cut (Keras' default: the start)
     mask: bool = False  # feed true lengths so padding steps are skipped (the tutorial did not)
+    # > 0: batches of similar lengths, trimmed to a multiple of this many steps (needs mask).
+    bucket_width: int = 0
     val_fraction: float = 0.2  # held out of the TRAIN reviews for model selection
     # Optimisation: Adam with optional warmup, cosine decay and global-norm clipping.
     batch_size: int = 32
@@ -68,7 +72,7 @@ class TrainConfig:
 
         choices = {"cell": CELLS, "padding": PADDING_SIDES, "truncating": PADDING_SIDES,
                    "dtype": DTYPES, "schedule": SCHEDULES, "strategy": tuple(STRATEGIES),
-                   "on_nonfinite": NONFINITE_POLICIES}
+                   "on_nonfinite": NONFINITE_POLICIES, "pooling": POOLINGS}
         for field in dataclasses.fields(self):  # nan passes every `<` test below; inf most
             value = getattr(self, field.name)
             if field.type == "float" and not math.isfinite(value):
@@ -90,9 +94,14 @@ class TrainConfig:
             raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
-        if self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError("clip_norm, warmup_steps and checkpoint_every: expected >= 0 "
-                             "(0 turns them off)")
+        if (self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0
+                or self.bucket_width < 0):
+            raise ValueError("clip_norm, warmup_steps, checkpoint_every and bucket_width: "
+                             "expected >= 0 (0 turns them off)")
+        if self.bucket_width and not self.mask:
+            # Without true lengths the padding steps are computed, so cutting them would
+            # change the numbers.
+            raise ValueError("bucket_width: trimming padding needs mask=true (or bucket_width=0)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +118,9 @@ class TrainConfig:
 # The recipes: masking by true length, global-norm clipping, warmup + cosine decay, dropout
 # on the embeddings and between layers, best epoch by validation accuracy. Chosen by a
 # sweep on the real IMDB (scripts/accuracy_runs.py runs them end to end).
-_RECIPE = dict(mask=True, clip_norm=1.0, schedule="cosine", warmup_steps=100)
+# Batches are trimmed to multiples of 64 steps (bucket_width): the same numbers as full
+# batches, fewer steps (see data/batches.py).
+_RECIPE = dict(mask=True, bucket_width=64, clip_norm=1.0, schedule="cosine", warmup_steps=100)
 PRESETS: dict[str, dict[str, Any]] = {
     "tutorial": {},
     "simple-best": dict(_RECIPE, dropout=0.3, embed_dropout=0.2, epochs=8),

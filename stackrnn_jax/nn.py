@@ -13,7 +13,9 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from stackrnn_jax.stack import init_params, stacked_rnn
+from stackrnn_jax.stack import init_params, pool_over_time, stacked_rnn
+
+POOLINGS = ("last", "max", "mean")
 
 
 def _to_nnx(tree):
@@ -74,16 +76,21 @@ class StackedRNN(nnx.Module):
 
 
 class SentimentClassifier(nnx.Module):
-    """Embedding -> StackedRNN -> Dense(1): a review's logit (sigmoid gives P(positive)).
+    """Embedding -> StackedRNN -> pooling -> Dense(1): a review's logit (sigmoid: P(positive)).
 
     Call on token ids ``(batch, time)`` int32 and their real ``lengths (batch,)``;
-    returns logits ``(batch,)``.
+    returns logits ``(batch,)``. ``pooling`` is what the head reads: ``"last"`` the top
+    layer's final state (both directions' for a bidirectional stack), ``"max"`` / ``"mean"``
+    the max / mean of the top layer's outputs over the real steps (``pool_over_time``).
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, units: int | Sequence[int] = (64, 64),
-                 *, cell: str = "simple", bidirectional: bool = False, dropout: float = 0.0,
-                 embed_dropout: float = 0.0, strategy: str = "scan", unroll: int = 1,
-                 compute_dtype=None, rngs: nnx.Rngs):
+                 *, cell: str = "simple", bidirectional: bool = False, pooling: str = "last",
+                 dropout: float = 0.0, embed_dropout: float = 0.0, strategy: str = "scan",
+                 unroll: int = 1, compute_dtype=None, rngs: nnx.Rngs):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {list(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
         self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
         self.embed_dropout = nnx.Dropout(embed_dropout, rngs=rngs)
         self.rnn = StackedRNN(embed_dim, units, cell=cell, bidirectional=bidirectional,
@@ -94,5 +101,9 @@ class SentimentClassifier(nnx.Module):
 
     def __call__(self, ids, lengths=None, *, padding: str = "pre"):
         x = self.embed_dropout(self.embed(ids))
-        h = self.rnn(x, lengths, padding=padding)
+        if self.pooling == "last":
+            h = self.rnn(x, lengths, padding=padding)
+        else:
+            ys = self.rnn(x, lengths, padding=padding, return_sequences=True)
+            h = pool_over_time(ys, lengths, how=self.pooling, padding=padding)
         return self.head(self.head_dropout(h.astype(jnp.float32)))[..., 0]

@@ -13,11 +13,13 @@ from flax import nnx
 from stackrnn_jax import run_dir
 from stackrnn_jax.config import TrainConfig
 from stackrnn_jax.data import (EncodedSplit, Vocabulary, check_reviews, load_encoded,
-                               load_imdb_texts, tokenize)
+                               load_imdb_texts, tokenize, trim_padding)
 from stackrnn_jax.nn import SentimentClassifier
-from stackrnn_jax.train import create_model, evaluate, make_eval_step, model_logits
+from stackrnn_jax.train import bucketing, create_model, evaluate, make_eval_step, model_logits
 
-PREDICT_CHUNK = 256  # reviews per forward pass; every pass has this shape, so one compile
+# Reviews per forward pass; every pass has this many rows, so one compile per time length
+# (maxlen, or each bucket length with the config's bucket_width).
+PREDICT_CHUNK = 256
 
 
 @dataclasses.dataclass
@@ -61,7 +63,8 @@ def evaluate_run(run: Run, data=None, *, cache_dir=None, data_dir=None) -> dict[
                                               config.truncating), labels)
     check_reviews(test, "test")
     graphdef, state = nnx.split(run.model)
-    metrics = evaluate(make_eval_step(graphdef, config), state, test, config.batch_size)
+    metrics = evaluate(make_eval_step(graphdef, config), state, test, config.batch_size,
+                       **bucketing(config))
     return {**metrics, "examples": len(test)}
 
 
@@ -94,7 +97,8 @@ def predict_proba(run: Run, texts: Sequence[str]) -> np.ndarray:
     for start in range(0, len(texts), chunk):
         # Pad the last chunk by repeating rows: same shape, so no recompile.
         rows = np.resize(np.arange(start, min(start + chunk, len(texts))), chunk)
-        out.append(np.asarray(probabilities(state, ids[rows], lengths[rows]))[: len(texts) - start])
+        chunk_ids = trim_padding(ids[rows], lengths[rows], config.bucket_width, config.padding)
+        out.append(np.asarray(probabilities(state, chunk_ids, lengths[rows]))[: len(texts) - start])
     return np.concatenate(out).astype(np.float32)
 
 

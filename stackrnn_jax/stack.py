@@ -23,6 +23,7 @@ from stackrnn_jax.strategies import get_strategy
 
 PADDING_SIDES = ("post", "pre")
 MERGE_MODES = ("concat", "sum")
+POOLINGS = ("max", "mean")
 
 
 def init_params(key, input_size: int, units: int | Sequence[int], *, cell: str = "simple",
@@ -152,6 +153,28 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
         y = y[0]
         states = jax.tree.map(lambda a: a[0], states)
     return (y, states) if return_state else y
+
+
+def pool_over_time(ys, lengths=None, *, how: str, padding: str = "post"):
+    """Max or mean of ``ys (batch, time, features)`` over each sequence's real steps.
+
+    ``lengths (batch,)`` and ``padding`` say which steps are real, as in ``stacked_rnn``;
+    None means all ``time``. A sequence of length 0 pools to zeros. Returns
+    ``(batch, features)``.
+    """
+    _check_choice("how", how, POOLINGS)
+    _check_choice("padding", padding, PADDING_SIDES)
+    batch, time = ys.shape[:2]
+    mask = _length_mask(lengths, batch, time, padding)
+    if mask is None:
+        return jnp.max(ys, axis=1) if how == "max" else jnp.mean(ys, axis=1)
+    mask = mask[:, :, None]
+    if how == "max":
+        # -inf at padding keeps it out of the max; an empty sequence has no real step.
+        pooled = jnp.max(jnp.where(mask, ys, -jnp.inf), axis=1)
+        return jnp.where(jnp.any(mask, axis=1), pooled, 0.0).astype(ys.dtype)
+    count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(ys.dtype)
+    return jnp.sum(jnp.where(mask, ys, 0.0), axis=1) / count
 
 
 def _run_bidirectional(run_stack, cell, params, xs, mask, carries, between, merge, unroll):

@@ -46,7 +46,7 @@ def create_model(config: TrainConfig, *, seed: int | None = None) -> SentimentCl
     """The classifier a config describes; ids must stay below ``config.num_words``."""
     return SentimentClassifier(
         config.num_words, config.embed_dim, (config.units,) * config.layers, cell=config.cell,
-        bidirectional=config.bidirectional, dropout=config.dropout,
+        bidirectional=config.bidirectional, pooling=config.pooling, dropout=config.dropout,
         embed_dropout=config.embed_dropout, strategy=config.strategy, unroll=config.unroll,
         compute_dtype=jnp.bfloat16 if config.dtype == "bfloat16" else None,
         rngs=nnx.Rngs(config.seed if seed is None else seed))
@@ -106,7 +106,8 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
 
     ``state`` is ``nnx.split((model, optimizer))[1]``; ``batch`` holds ``ids (B, T)``,
     ``lengths (B,)``, ``labels (B,)`` and ``weights (B,)``. Every batch has the same
-    shapes (the last one is padded), so the step is traced once. A step whose loss or
+    ``B`` (the last one is padded) and ``T`` is ``maxlen`` or, with ``bucket_width``, one
+    of a few bucket lengths, so the step is traced once per length. A step whose loss or
     gradients are not finite leaves ``state`` unchanged and is counted in
     ``totals["nonfinite"]`` (its index in ``"first_nonfinite"``) instead of its metrics.
     ``replicated``: the sharding of state and totals (data parallelism), or None.
@@ -203,7 +204,7 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
                unit="step", leave=False, disable=None if progress else True, dynamic_ncols=True)
     totals, timer = layout.replicate(totals or zero_totals()), Timer()
     data = batches(split, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                   drop_remainder=False, start_batch=position.batch)
+                   drop_remainder=False, start_batch=position.batch, **bucketing(config))
     done = position.batch
     for index, batch in enumerate(_timed(data, timer), start=position.batch + 1):
         state, totals = step(state, totals, layout.global_batch(batch), np.int32(position.step))
@@ -246,14 +247,23 @@ def _check_finite(totals: Totals, config: TrainConfig, epoch: int) -> None:
             "rate, set clip_norm, or pass --on-nonfinite skip to skip such steps")
 
 
+def bucketing(config: TrainConfig) -> dict[str, Any]:
+    """The ``batches`` options that trim batches to the config's bucket lengths (or not)."""
+    return {"bucket_width": config.bucket_width, "padding": config.padding}
+
+
 def evaluate(step: Callable, model_state, split: EncodedSplit, batch_size: int,
-             timer: Timer | None = None,
-             layout: distributed.DataParallel | None = None) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` of ``split``, every example counted once (padded last batch)."""
+             timer: Timer | None = None, layout: distributed.DataParallel | None = None,
+             *, bucket_width: int = 0, padding: str = "post") -> dict[str, float]:
+    """``{"loss", "accuracy"}`` of ``split``, every example counted once (padded last batch).
+
+    ``bucket_width`` and ``padding``: as for ``batches`` (see ``bucketing``).
+    """
     timer = timer or Timer()
     layout = layout or distributed.DataParallel(batch_size)
     model_state, totals = layout.replicate((model_state, zero_totals()))
-    data = batches(split, batch_size, shuffle=False, drop_remainder=False)
+    data = batches(split, batch_size, shuffle=False, drop_remainder=False,
+                   bucket_width=bucket_width, padding=padding)
     for batch in _timed(data, timer):
         totals = step(model_state, totals, layout.global_batch(batch))
         timer.lap("step")
@@ -353,7 +363,8 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
                 on_checkpoint=save_checkpoint)
             position, totals = Position(epoch + 1, 0, position.step), None
             train_s = time.perf_counter() - start
-            val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer, layout)
+            val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer, layout,
+                                   **bucketing(config))
             row = _epoch_row(epoch, metrics, val_metrics, timer, train_s,
                              time.perf_counter() - start, steps)
             history["epochs"].append(row)

@@ -1,6 +1,6 @@
 """IMDB data: raw reviews (tfds), word vocabulary, encoded cached splits, and batches."""
 
-from stackrnn_jax.data.batches import batches, num_batches
+from stackrnn_jax.data.batches import batches, bucket_length, num_batches, trim_padding
 from stackrnn_jax.data.imdb import DataError, load_imdb_texts
 from stackrnn_jax.data.pipeline import (EncodedIMDB, EncodedSplit, check_reviews, load_encoded,
                                         split_validation)
@@ -12,10 +12,12 @@ __all__ = [
     "EncodedSplit",
     "Vocabulary",
     "batches",
+    "bucket_length",
     "check_reviews",
     "load_encoded",
     "load_imdb_texts",
     "num_batches",
     "split_validation",
     "tokenize",
+    "trim_padding",
 ]

@@ -1,0 +1,30 @@
+"""scripts/accuracy_runs.py: every ablation variant is a valid config, and the seed table."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import accuracy_runs  # noqa: E402
+
+from stackrnn_jax.config import PRESETS, resolve  # noqa: E402
+
+
+@pytest.mark.parametrize("preset", [name for name in PRESETS if name.endswith("-best")])
+def test_every_variant_resolves_for_the_masked_presets(preset):
+    for name, changes in accuracy_runs.VARIANTS.items():
+        config = resolve(preset, None, changes)
+        assert all(getattr(config, field) == value for field, value in changes.items()), name
+
+
+def test_seed_table_is_mean_and_std_over_seeds():
+    results = [{"preset": "p", "seed": seed, "test_accuracy": accuracy, "best_epoch": 1,
+                "epochs": 2, "train_wall_s": 60.0, "seconds_per_epoch": epoch_s,
+                "outside_share": 0.01}
+               for seed, accuracy, epoch_s in [(0, 0.90, 30.0), (1, 0.91, 34.0), (2, 0.89, 32.0)]]
+    results.append({**results[0], "preset": "single"})
+    info = {"cpu": "c", "cores": 2, "platform": "p", "jax": "j", "device": "d"}
+    text = accuracy_runs.markdown(results, info)
+    assert "| p | 3 | 0.9000 ± 0.0100 | 32 |" in text
+    assert "| single | 1 |" not in text  # one seed: no spread to report
