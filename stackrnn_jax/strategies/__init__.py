@@ -5,8 +5,8 @@ See ``common.py`` for the contract every strategy follows.
 
 from __future__ import annotations
 
-from stackrnn_jax.strategies import (auto, cpu_native, fused, loop, parallel, scan, scan_vjp,
-                                     wavefront)
+from stackrnn_jax.strategies import (auto, cpu_native, fused, loop, pallas, parallel, scan,
+                                     scan_vjp, wavefront)
 
 STRATEGIES = {
     "scan": scan.run_stack,
@@ -16,6 +16,7 @@ STRATEGIES = {
     "scan_vjp": scan_vjp.run_stack,
     "scan_vjp_remat": scan_vjp.run_stack_remat,
     "cpu_native": cpu_native.run_stack,
+    "pallas": pallas.run_stack,
     "parallel": parallel.run_stack,
     "parallel_quasi": parallel.run_stack_quasi,
     "auto": auto.run_stack,
