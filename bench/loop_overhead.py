@@ -158,7 +158,7 @@ def _torch(w, device, opts) -> dict | None:
     from bench.timing import time_steady
     from bench.workloads import init_model, make_batch
 
-    if not peers.available("torch")[0]:
+    if "torch" not in opts.peers or not peers.available("torch")[0]:
         return None
     peer = peers.TorchPeer(w, init_model(w), device, opts)
     ids, labels = make_batch(w)
@@ -181,7 +181,7 @@ def _peer_train_steps(w, device, opts) -> dict:
     out = {}
     ids, labels = make_batch(w)
     for name, make in (("keras", peers.KerasPeer), ("flax_linen", peers.FlaxPeer)):
-        if not peers.available(name)[0]:
+        if name not in opts.peers or not peers.available(name)[0]:
             continue
         peer = make(w, init_model(w), device, opts)
         stats = time_steady(lambda: peer.train_step(ids, labels), peer.sync, warmup=2,
@@ -270,6 +270,9 @@ def main(argv=None) -> None:
                         help=f"comma list of our strategies to time, from "
                              f"{', '.join(STRATEGIES + ('pallas',))} "
                              f"(default: {','.join(STRATEGIES)})")
+    parser.add_argument("--peers", default="torch,keras,flax_linen",
+                        help="comma list of the peers timed where installed, from torch, keras, "
+                             "flax_linen, or 'none' (default: all three)")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="'keep' (default): glibc keeps freed memory, as in bench.run and "
                              "the stackrnn command (stackrnn_jax/allocator.py)")
@@ -279,6 +282,10 @@ def main(argv=None) -> None:
     if not strategies or set(strategies) - set(known):
         parser.error(f"--strategies: expected names from {', '.join(known)}, "
                      f"got {opts.strategies!r}")
+    opts.peers = () if opts.peers == "none" else tuple(p.strip() for p in opts.peers.split(","))
+    if set(opts.peers) - {"torch", "keras", "flax_linen"}:
+        parser.error(f"--peers: expected names from torch, keras, flax_linen or 'none', "
+                     f"got {','.join(opts.peers)!r}")
     from stackrnn_jax.allocator import keep_freed_memory
     malloc_kept = opts.malloc == "keep" and keep_freed_memory()
     os.environ.setdefault("KERAS_BACKEND", "jax")
