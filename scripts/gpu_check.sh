@@ -75,10 +75,10 @@ if wants pallas; then
   # deeper stack); compile time and FLOP/s fraction are in its results.json/tables.md.
   # PALLAS_* variables shrink it for a dry run on a CPU (see bench/README.md "Pallas").
   stage pallas-tests
-  timeout "${PALLAS_TEST_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/test_pallas.py \
+  timeout "${PALLAS_TEST_S:-150}" python3 -m pytest -q -p no:cacheprovider tests/test_pallas.py \
     2>&1 | tail -12
   stage pallas-bench
-  timeout "${PALLAS_BENCH_S:-210}" python3 -m bench.run --device "$DEVICE" \
+  timeout "${PALLAS_BENCH_S:-200}" python3 -m bench.run --device "$DEVICE" \
     --sweep tutorial,T,B,cell,L --strategies pallas,scan/u16,scan \
     --sweep-strategies pallas,scan/u16 --T-values "${PALLAS_T:-100,2000}" \
     --B-values "${PALLAS_B:-256}" --cells gru,lstm --L-values "${PALLAS_L:-1,4}" \
