@@ -5,7 +5,7 @@
 #   STAGES="accuracy" bash scripts/gpu_check.sh                                # second call
 #   STAGES="curve" bash scripts/gpu_check.sh        # issue #8's open figures: H 64-256, T to 100k
 #   STAGES=accuracy EPOCHS= SEEDS="0 1" ACCURACY_S=600 bash scripts/gpu_check.sh  # full preset
-#   STAGES="pallas" bash scripts/gpu_check.sh       # issue 13: Pallas kernels vs cuDNN (~7 min)
+#   STAGES="pallas" bash scripts/gpu_check.sh       # issue 13: Pallas kernels vs cuDNN (<= 8 min)
 # Each stage has its own time cap (*_S variables). Stage results go to $RES; at the end
 # they are packed into $OUT/results-<stages>.tgz (few files: the device tool returns at most 8).
 set -uo pipefail
