@@ -17,11 +17,11 @@ dominate the tiny ``(B, H) @ (H, H)`` matmul it contains. On the tutorial worklo
   loop — near ``step_scan_half_batch`` only if XLA runs them on two cores at once;
 * ``rows_matmul``: all ``T`` steps' recurrent products as one ``(T B, H) @ (H, H)``
   matmul outside any loop — the rate of a large matmul (every core);
-* our forward and train step per strategy (``scan``, ``fused``, ``wavefront``,
-  ``scan_vjp``, ``cpu_native``), divided by their sequential loop iterations (``scan``:
-  ``L T`` forward, ``2 L T`` forward + backward; ``fused``: ``T`` / ``2 T``;
-  ``wavefront``: ``T + L - 1``; ``cpu_native``: the ``L T`` steps its compiled kernels
-  run, no XLA loop);
+* our forward and train step per strategy (``--strategies``; default ``scan``, ``fused``,
+  ``wavefront``, ``scan_vjp``, ``cpu_native``; also ``pallas``), divided by their
+  sequential loop iterations (``scan``: ``L T`` forward, ``2 L T`` forward + backward;
+  ``fused``: ``T`` / ``2 T``; ``wavefront``: ``T + L - 1``; ``cpu_native`` and ``pallas``:
+  the ``L T`` layer-steps their kernels run, no XLA loop);
 * PyTorch ``nn.RNN(num_layers=L)`` (cuDNN on a GPU) forward and train step per ``L T``
   layer-steps, when torch is installed.
 
@@ -48,13 +48,15 @@ from pathlib import Path
 
 
 STRATEGIES = ("scan", "fused", "wavefront", "scan_vjp", "cpu_native")
+# Strategies whose time loop runs inside their own kernels: no XLA loop, floor 0.
+KERNEL_LOOPS = ("cpu_native", "pallas")
 
 
 def _iterations(strategy: str, T: int, L: int) -> tuple[int, int]:
     """Sequential steps of ``(forward, forward + backward)``: XLA loop iterations, or for
-    ``cpu_native`` the ``L T`` layer-steps its kernels run (no XLA loop, floor 0)."""
-    per_pass = {"scan": L * T, "scan_vjp": L * T, "cpu_native": L * T, "fused": T,
-                "wavefront": T + L - 1}[strategy]
+    ``KERNEL_LOOPS`` the ``L T`` layer-steps their kernels run."""
+    per_pass = {"scan": L * T, "scan_vjp": L * T, "cpu_native": L * T, "pallas": L * T,
+                "fused": T, "wavefront": T + L - 1}[strategy]
     return per_pass, 2 * per_pass
 
 
@@ -128,7 +130,7 @@ def train_floor(w, loops: dict) -> dict:
             "floor_ms": 1e3 * (sequential_s + parallel_s)}
 
 
-def _ours(w, device, opts) -> dict:
+def _ours(w, device, opts, strategies=STRATEGIES) -> dict:
     import jax
     import optax  # noqa: F401 - make_functions needs it
 
@@ -137,7 +139,7 @@ def _ours(w, device, opts) -> dict:
     params = jax.device_put(init_model(w), device)
     ids, labels = (jax.device_put(a, device) for a in make_batch(w))
     out = {}
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         forward, train_step, optimizer = make_functions(w, strategy=strategy)
         opt_state = jax.device_put(optimizer.init(params), device)
         fwd_iters, train_iters = _iterations(strategy, w.T, w.L)
@@ -156,7 +158,7 @@ def _torch(w, device, opts) -> dict | None:
     from bench.timing import time_steady
     from bench.workloads import init_model, make_batch
 
-    if not peers.available("torch")[0]:
+    if "torch" not in opts.peers or not peers.available("torch")[0]:
         return None
     peer = peers.TorchPeer(w, init_model(w), device, opts)
     ids, labels = make_batch(w)
@@ -179,7 +181,7 @@ def _peer_train_steps(w, device, opts) -> dict:
     out = {}
     ids, labels = make_batch(w)
     for name, make in (("keras", peers.KerasPeer), ("flax_linen", peers.FlaxPeer)):
-        if not peers.available(name)[0]:
+        if name not in opts.peers or not peers.available(name)[0]:
             continue
         peer = make(w, init_model(w), device, opts)
         stats = time_steady(lambda: peer.train_step(ids, labels), peer.sync, warmup=2,
@@ -188,15 +190,16 @@ def _peer_train_steps(w, device, opts) -> dict:
     return out
 
 
-def measure(w, device, opts) -> dict:
+def measure(w, device, opts, strategies=STRATEGIES) -> dict:
     """All figures for workload ``w`` on ``device`` (see the module docstring)."""
     loops = _primitive_loops(w, device, opts)
     per_iter = loops["empty_scan"]["median_s"] / loops["empty_scan"]["iterations"]
-    ours = _ours(w, device, opts)
+    ours = _ours(w, device, opts, strategies)
     for strategy, parts in ours.items():
         for part in parts.values():
             part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
-            part["floor_ms"] = 1e3 * per_iter * part["iterations"] * (strategy != "cpu_native")
+            looped = strategy not in KERNEL_LOOPS
+            part["floor_ms"] = 1e3 * per_iter * part["iterations"] * looped
     for part in loops.values():
         part["us_per_iteration"] = 1e6 * part["median_s"] / part["iterations"]
     floor = train_floor(w, loops) if w.cell == "simple" else None
@@ -267,10 +270,26 @@ def main(argv=None) -> None:
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/loop_overhead"))
     parser.add_argument("--note", default="")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help=f"comma list of our strategies to time, from "
+                             f"{', '.join(STRATEGIES + ('pallas',))} "
+                             f"(default: {','.join(STRATEGIES)})")
+    parser.add_argument("--peers", default="torch,keras,flax_linen",
+                        help="comma list of the peers timed where installed, from torch, keras, "
+                             "flax_linen, or 'none' (default: all three)")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="'keep' (default): glibc keeps freed memory, as in bench.run and "
                              "the stackrnn command (stackrnn_jax/allocator.py)")
     opts = parser.parse_args(argv)
+    strategies = tuple(s.strip() for s in opts.strategies.split(",") if s.strip())
+    known = STRATEGIES + ("pallas",)
+    if not strategies or set(strategies) - set(known):
+        parser.error(f"--strategies: expected names from {', '.join(known)}, "
+                     f"got {opts.strategies!r}")
+    opts.peers = () if opts.peers == "none" else tuple(p.strip() for p in opts.peers.split(","))
+    if set(opts.peers) - {"torch", "keras", "flax_linen"}:
+        parser.error(f"--peers: expected names from torch, keras, flax_linen or 'none', "
+                     f"got {','.join(opts.peers)!r}")
     from stackrnn_jax.allocator import keep_freed_memory
     malloc_kept = opts.malloc == "keep" and keep_freed_memory()
     os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -280,7 +299,9 @@ def main(argv=None) -> None:
     w = dataclasses.replace(TUTORIAL, T=opts.T, L=opts.L, B=opts.B, H=opts.H)
     result = {"schema": "stackrnn-bench-loop-overhead/1",
               "machine": machine_info(device, opts.note),
-              "malloc_keep_freed_memory": malloc_kept, **measure(w, device, opts)}
+              "malloc_keep_freed_memory": malloc_kept,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              **measure(w, device, opts, strategies)}
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "loop_overhead.json").write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)

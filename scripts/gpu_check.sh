@@ -5,6 +5,7 @@
 #   STAGES="accuracy" bash scripts/gpu_check.sh                                # second call
 #   STAGES="curve" bash scripts/gpu_check.sh        # issue #8's open figures: H 64-256, T to 100k
 #   STAGES=accuracy EPOCHS= SEEDS="0 1" ACCURACY_S=600 bash scripts/gpu_check.sh  # full preset
+#   STAGES="pallas" bash scripts/gpu_check.sh       # issue 13: Pallas kernels vs cuDNN (<= 8 min)
 # Each stage has its own time cap (*_S variables). Stage results go to $RES; at the end
 # they are packed into $OUT/results-<stages>.tgz (few files: the device tool returns at most 8).
 set -uo pipefail
@@ -65,6 +66,40 @@ if wants curve; then
   timeout "${WIDE_S:-280}" python3 -m bench.parallel --device "$DEVICE" --cells gru,lstm,simple \
     --H-values 64,128,256 --T-values 1024,4096,16384,32768,100000 --batch 16 --deadline-s 260 \
     --budget-s 0.5 --repeats 3 --note "$NOTE" --out "$RES/parallel-curve-wide" 2>&1 | tail -40
+fi
+if wants pallas; then
+  # Issue 13: tests/test_pallas.py with the kernels compiled by Triton (interpret mode is
+  # for CPUs only), then the figures side by side with PyTorch cuDNN in one run: the
+  # tutorial train step and forward (2 x SimpleRNN(64), batch 32, T 500, Adam), T 100 and
+  # 2000, batch 256, GRU and LSTM 2x64, 1 and 4 layers (per-layer kernels against a
+  # deeper stack); compile time and FLOP/s fraction are in its results.json/tables.md.
+  # PALLAS_* variables shrink it for a dry run on a CPU (see bench/README.md "Pallas").
+  stage pallas-tests
+  timeout "${PALLAS_TEST_S:-150}" python3 -m pytest -q -p no:cacheprovider tests/test_pallas.py \
+    2>&1 | tail -12
+  stage pallas-bench
+  timeout "${PALLAS_BENCH_S:-200}" python3 -m bench.run --device "$DEVICE" \
+    --sweep tutorial,T,B,cell,L --strategies pallas,scan/u16,scan \
+    --sweep-strategies pallas,scan/u16 --T-values "${PALLAS_T:-100,2000}" \
+    --B-values "${PALLAS_B:-256}" --cells gru,lstm --L-values "${PALLAS_L:-1,4}" \
+    --peers torch --peers-in-sweeps --budget-s 1 --no-plots ${PALLAS_BENCH_FLAGS:-} \
+    --note "$NOTE" --out "$RES/pallas-bench" 2>&1 | tail -48
+  # µs per layer-step against the empty-iteration floor, then the same with XLA command
+  # buffers recording while loops and conditionals (the cheap lever for the XLA loops).
+  stage pallas-layer-steps
+  timeout "${PALLAS_LOOP_S:-50}" python3 -m bench.loop_overhead --device "$DEVICE" \
+    --strategies scan,scan_vjp,pallas --peers torch ${PALLAS_LOOP_FLAGS:-} --note "$NOTE" \
+    --out "$RES/pallas-loop-overhead" 2>&1 | tail -24
+  stage pallas-command-buffers
+  CMDBUF="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
+  if XLA_FLAGS="$CMDBUF" python3 -c "import jax.numpy as jnp; jnp.ones(2).block_until_ready()"
+  then
+    XLA_FLAGS="$CMDBUF" timeout "${PALLAS_CMDBUF_S:-50}" python3 -m bench.loop_overhead \
+      --device "$DEVICE" --strategies scan,pallas --peers torch ${PALLAS_LOOP_FLAGS:-} \
+      --note "$NOTE; XLA_FLAGS=$CMDBUF" --out "$RES/pallas-loop-overhead-cmdbuf" 2>&1 | tail -24
+  else
+    echo "this XLA rejects --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL; skipped"
+  fi
 fi
 if wants accuracy; then
   for strategy in ${ACC_STRATEGIES:-scan parallel}; do

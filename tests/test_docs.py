@@ -53,7 +53,7 @@ def prose(text: str) -> str:
         text = head + rest.split(AUTO_TABLE_END, 1)[1]
     text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
     text = re.sub(r"^    .*$", "", text, flags=re.M)          # indented code blocks
-    text = re.sub(r"`[^`\n]*`", "", text)
+    text = re.sub(r"`[^`]*`", "", text)                      # inline code, may wrap
     return LINK.sub("]", text)
 
 

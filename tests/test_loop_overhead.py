@@ -48,3 +48,24 @@ def test_tiny_run_writes_the_tables_and_the_floor(tmp_path, monkeypatch):
     assert set(result["ours"]) == set(loop_overhead.STRATEGIES)
     table = (tmp_path / "loop_overhead.md").read_text()
     assert "Train-step floor" in table and "Half the fastest peer's train step (keras): 0.500 ms" in table
+
+
+def test_strategies_option_rejects_unknown_names(tmp_path):
+    with pytest.raises(SystemExit):
+        loop_overhead.main(["--strategies", "scan,magic", "--out", str(tmp_path)])
+    assert not (tmp_path / "loop_overhead.json").exists()
+
+
+@pytest.mark.slow
+def test_pallas_runs_as_a_kernel_loop(tmp_path, monkeypatch):
+    """``--strategies pallas`` (interpret mode here): L T layer-steps and no loop floor."""
+    tiny = dataclasses.replace(TUTORIAL, T=6, L=2, H=8, B=4, E=8, vocab=50)
+    monkeypatch.setattr(loop_overhead, "_torch", lambda *a: None)
+    monkeypatch.setattr(loop_overhead, "_peer_train_steps", lambda *a: {})
+    monkeypatch.setattr("bench.workloads.TUTORIAL", tiny)
+    loop_overhead.main(["--repeats", "2", "--budget-s", "0.01", "--out", str(tmp_path),
+                        "--strategies", "pallas"])
+    result = json.loads((tmp_path / "loop_overhead.json").read_text())
+    assert set(result["ours"]) == {"pallas"}
+    train = result["ours"]["pallas"]["train"]
+    assert train["iterations"] == 2 * 2 * 6 and train["floor_ms"] == 0 and train["median_s"] > 0

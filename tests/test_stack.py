@@ -13,6 +13,10 @@ from tests.helpers import CELLS, max_error
 
 BATCH, TIME, FEATURES = 3, 7, 4
 LENGTHS = np.array([7, 3, 0])  # full, partial and empty sequences
+# "pallas" runs its kernels in Pallas interpret mode on a CPU: seconds of compile per
+# configuration, too slow for this product of layouts; tests/test_pallas.py checks it
+# (every cell, masks, directions, initial states, dropout) at small sizes.
+PARITY_STRATEGIES = sorted(set(STRATEGIES) - {"pallas"})
 
 
 def _problem(cell, units, bidirectional=False, dtype=jnp.float64, seed=0, **init_kw):
@@ -48,7 +52,7 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize("name, units, bidirectional, padding", LAYOUTS)
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", PARITY_STRATEGIES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_float64_matches_reference(cell, strategy, name, units, bidirectional, padding):
     with jax.enable_x64(True):
@@ -65,7 +69,7 @@ def test_float64_matches_reference(cell, strategy, name, units, bidirectional, p
         assert max_error(last, reference_rnn(params, x, **kw)) < 1e-10
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", PARITY_STRATEGIES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_float32_matches_reference(cell, strategy):
     params, x = _problem(cell, [6, 5], bidirectional=(cell == "gru"), dtype=jnp.float32)
@@ -138,7 +142,7 @@ def test_gradients_of_every_strategy_equal_scan(cell, bidirectional):
     with jax.enable_x64(True):
         params, x = _problem(cell, [5, 4], bidirectional)
         grads = {s: jax.jit(jax.grad(_loss_fn(cell, s, x, LENGTHS, "pre"), argnums=(0, 1)))(
-                     params, x) for s in sorted(STRATEGIES)}
+                     params, x) for s in PARITY_STRATEGIES}
         for strategy, g in grads.items():
             assert max_error(g, grads["scan"]) < 1e-10, strategy
         # Padded steps get no input gradient.
@@ -183,7 +187,7 @@ def test_dropout_needs_a_key_and_is_reproducible():
     a = run(params, x, dropout_rng=key)
     assert max_error(a, run(params, x, dropout_rng=key)) == 0
     assert max_error(a, without_key) > 1e-3
-    for strategy in STRATEGIES:
+    for strategy in PARITY_STRATEGIES:
         b = run(params, x, dropout_rng=key, strategy=strategy)
         assert max_error(a, b) < 1e-5, strategy
 

@@ -75,6 +75,8 @@ _CPU_KEEP = "CPU: 2-core AMD EPYC VM, jax 0.10.2, bench.run with --malloc keep"
 # the measured batch and width the sequential strategies sit on the loop's per-step floor
 # (an empty lax.scan iteration: 8.3 us), so their time cannot drop much further there.
 _GPU = "GPU: NVIDIA H100 80GB HBM3, jax 0.11.2"
+# No rule picks "pallas" (each layer's time loop in one Pallas kernel): it has no GPU
+# measurement yet; scripts/gpu_check.sh, stage pallas, takes the figures a rule would cite.
 
 RULES: tuple[Rule, ...] = (
     Rule("cpu_native", backends=("cpu",), cells=("simple",), needs_native=True,
