@@ -59,7 +59,7 @@ def init_params(key, input_size: int, units: int | Sequence[int], *, cell: str =
 
 def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str = "post",
                 initial_state=None, return_sequences: bool = False, return_state: bool = False,
-                strategy: str = "scan", unroll: int = 1, dropout: float = 0.0, dropout_rng=None,
+                strategy: str = "auto", unroll: int = 1, dropout: float = 0.0, dropout_rng=None,
                 merge: str = "concat", activation: str = "tanh", compute_dtype=None,
                 strategy_options: dict | None = None):
     """Run a stacked RNN over a batch of sequences.
@@ -76,6 +76,10 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       return_sequences: return the top layer's outputs at every step, not only the last.
       return_state: also return the final state of every layer.
       strategy: how the steps execute (``strategies.STRATEGIES``); all give the same numbers.
+        ``"auto"`` (default) runs the measured-fastest for the backend, cell and shape
+        (``explain_auto`` says which and why); ``"scan"`` is the plain ``lax.scan``, and the
+        one to pick for forward-mode differentiation (``jax.jvp``), which the custom-VJP
+        strategies ``"auto"`` may choose (``"cpu_native"``, ``"scan_vjp"``) do not support.
       unroll: timesteps per loop iteration for ``"scan"``; with ``"auto"``, the default 1
         lets the chosen rule set it (``auto.RULES``: scan at 16 on a GPU where measured).
       dropout, dropout_rng: dropout rate on the inputs of layers 2..L; applied only when a
