@@ -1,4 +1,4 @@
-"""``stackrnn train | evaluate | predict``: the command-line face.
+"""``stackrnn train | evaluate | predict | export``: the command-line face.
 
 Bad input of any kind ends with one ``error: ...`` line on stderr and exit status 2
 (usage) or 1 (everything else), never a traceback.
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stackrnn_jax.strategies import STRATEGIES  # choices read at runtime: the registry grows
 
     parser = _Parser(prog="stackrnn", description="Stacked RNN sentiment classifier on IMDB (JAX).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,export}")
     defaults = TrainConfig()
 
     train = commands.add_parser("train", help="train a model; keep the best epoch by validation accuracy",
@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(predict, data=False)
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="review texts; '-' reads stdin")
     predict.add_argument("--file", type=Path, help="a UTF-8 file with one review per line")
+
+    export = commands.add_parser("export", help="the best epoch as a jax.export folder",
+                                 description="Write the best epoch as serialized StableHLO "
+                                             "(CPU, CUDA), vocabulary, manifest and a loader "
+                                             "that needs only jax and numpy.")
+    export.set_defaults(run=_export)
+    _add_run_options(export, data=False)
+    export.add_argument("--out", type=Path, required=True, help="the folder to write")
+    export.add_argument("--format", choices=("jax", "onnx"), default="jax",
+                        help="jax.export StableHLO (default) or ONNX (the onnx extra)")
     return parser
 
 
@@ -156,6 +166,13 @@ def _predict(args) -> None:
         preview = " ".join(text.split())
         preview = preview if len(preview) <= PREVIEW_CHARS else preview[: PREVIEW_CHARS - 3] + "..."
         print(f"{probability:.4f}\t{label(probability)}\t{preview}")
+
+
+def _export(args) -> None:
+    from stackrnn_jax.export import LOADER_FILE, export_run
+
+    out = export_run(args.workdir, args.out, args.format)
+    print(f"exported to {out}; try: python {out / LOADER_FILE} {out} \"a great film\"")
 
 
 def _quiet_data_layer():

@@ -222,6 +222,19 @@ def write_text(path: Path, text: str) -> None:
     os.replace(file.name, path)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, as ``write_text``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as file:
+        try:
+            file.write(data)
+        except BaseException:
+            os.unlink(file.name)
+            raise
+    os.replace(file.name, path)
+
+
 def _read_best(workdir: str | Path) -> dict[str, Any]:
     path = Path(workdir) / BEST
     if not path.is_file():
