@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     from stackrnn_jax.strategies import STRATEGIES  # choices read at runtime: the registry grows
 
     parser = _Parser(prog="stackrnn", description="Stacked RNN sentiment classifier on IMDB (JAX).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,export}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{train,evaluate,predict,export}")
     defaults = TrainConfig()
 
     train = commands.add_parser("train", help="train a model; keep the best epoch by validation accuracy",
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(predict, data=False)
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="review texts; '-' reads stdin")
     predict.add_argument("--file", type=Path, help="a UTF-8 file with one review per line")
+    predict.add_argument("--explain", type=Path, metavar="OUT.html",
+                         help="also write a page of how each prediction forms, token by token "
+                              "(and its PNG figure(s) beside it)")
 
     export = commands.add_parser("export", help="the best epoch as a jax.export folder",
                                  description="Write the best epoch as serialized StableHLO "
@@ -166,6 +170,12 @@ def _predict(args) -> None:
         preview = " ".join(text.split())
         preview = preview if len(preview) <= PREVIEW_CHARS else preview[: PREVIEW_CHARS - 3] + "..."
         print(f"{probability:.4f}\t{label(probability)}\t{preview}")
+    if args.explain:
+        from stackrnn_jax.explain import explain, write_page
+
+        written = write_page([explain(run, text) for text in texts], args.explain,
+                             title=f"How the prediction forms ({args.workdir.name})")
+        print(f"explanation: {', '.join(map(str, written))}", file=sys.stderr)
 
 
 def _export(args) -> None:
