@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("checkpoint_every", type=int, help="steps between mid-epoch checkpoints (0: epoch ends only)")
     flag("keep_checkpoints", type=int, help="latest resumable checkpoints kept")
     flag("on_nonfinite", choices=NONFINITE_POLICIES, help="on a NaN/Inf loss or gradient")
+    flag("tensorboard", metavar="DIR", help="write TensorBoard scalars there (needs tensorboardX)")
     multi = train.add_argument_group("multi-host (jax.distributed; see the README)")
     multi.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() (TPU pods, SLURM, ... detected by JAX; "

@@ -142,7 +142,8 @@ def _onnx_bytes(probabilities) -> bytes:
     try:
         from jax2onnx import to_onnx
     except ImportError as error:
-        raise ValueError("--format onnx needs jax2onnx: pip install 'stackrnn-jax[onnx]'") from error
+        raise ValueError("--format onnx needs jax2onnx: pip install "
+                         "'stackrnn-jax[onnx]'") from error
     return to_onnx(probabilities, _input_specs(), opset=ONNX_OPSET, model_name="stackrnn",
                    input_names=["ids", "lengths"], output_names=["probabilities"]
                    ).SerializeToString()

@@ -39,7 +39,7 @@ CHECKPOINTS, TRAIN_STATE, LOCK = "checkpoints", "train_state", ".lock"
 # Changing these keeps the trained model's meaning, so they do not make a run dir incompatible
 # (a run may be resumed with another strategy or checkpoint cadence).
 EXECUTION_FIELDS = ("strategy", "unroll", "log_every", "checkpoint_every", "keep_checkpoints",
-                    "on_nonfinite")
+                    "on_nonfinite", "tensorboard")
 
 
 class RunError(ValueError):
