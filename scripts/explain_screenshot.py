@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="a trained run (default: a tiny untrained one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "explain.png")
-    parser.add_argument("--size", default="1100,1250", help="browser window WIDTH,HEIGHT")
+    parser.add_argument("--size", default="1100,1100", help="browser window WIDTH,HEIGHT")
     args = parser.parse_args(argv)
     browser = next(filter(None, map(shutil.which, BROWSERS)), None)
     if browser is None:
