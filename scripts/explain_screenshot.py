@@ -25,7 +25,8 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="a trained run (default: a tiny untrained one)")
+    parser.add_argument("--workdir", type=Path,
+                        help="a trained run (default: a tiny untrained one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "explain.png")
     parser.add_argument("--size", default="1100,1100", help="browser window WIDTH,HEIGHT")
     args = parser.parse_args(argv)

@@ -67,14 +67,16 @@ def load(folder):
         call = export.deserialize(open(model_file, "rb").read()).call
     def encode(text):  # [start, word ids (oov for unknown)], cut to maxlen on the truncating side
         text = re.sub(spec["line_break_pattern"], " ", text.lower())
-        row = [spec["start_id"]] + [ids.get(w, spec["oov_id"]) for w in re.findall(spec["word_pattern"], text)]
+        words = re.findall(spec["word_pattern"], text)
+        row = [spec["start_id"]] + [ids.get(word, spec["oov_id"]) for word in words]
         return row[-spec["maxlen"]:] if spec["truncating"] == "pre" else row[:spec["maxlen"]]
     def predict(texts):
         rows = [encode(text) for text in texts]
         time = spec["maxlen"] if spec["pad_to_maxlen"] else max(map(len, rows))
         pads = [[spec["pad_id"]] * (time - len(row)) for row in rows]
-        ids_ = [p + r if spec["padding"] == "pre" else r + p for p, r in zip(pads, rows)]
-        return np.asarray(call(np.array(ids_, np.int32), np.array([len(r) for r in rows], np.int32)))
+        padded = [p + r if spec["padding"] == "pre" else r + p for p, r in zip(pads, rows)]
+        lengths = np.array([len(row) for row in rows], np.int32)
+        return np.asarray(call(np.array(padded, np.int32), lengths))
     return predict
 
 if __name__ == "__main__":

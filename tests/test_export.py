@@ -22,11 +22,12 @@ from tiny_run import make_run
 REVIEWS = ["great", "awful boring plot", "wonderful film but the actors were zzz unknown",
            "a great film<br />I loved it " * 4, "Boring! Boring? the story was bad, bad",
            "the the the", "loved it"]
-# Runs the loader with only the site-packages folder of jax (and onnxruntime) on the path (-I: no environment,
-# no user site, no script folder; -S: no .pth files, so no editable install of ours).
+# Runs the loader with only the site-packages folder of jax (and onnxruntime) on the path
+# (-I: no environment, no user site, no script folder; -S: no .pth files, so no editable
+# install of ours).
 ISOLATED = """
-import runpy, sys
-site, loader = sys.argv[1:3]
+import json, runpy, sys
+site, loader, folder, batches = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 sys.path.append(site)
 try:
     import stackrnn_jax
@@ -34,20 +35,26 @@ except ImportError:
     pass
 else:
     raise SystemExit("stackrnn_jax is importable here: the check is not isolated")
-sys.argv = [loader, *sys.argv[3:]]
-runpy.run_path(loader, run_name="__main__")
+sys.argv = [loader, folder, *batches[0]]
+namespace = runpy.run_path(loader, run_name="__main__")  # the command line: the first batch
+for batch in batches[1:]:                                 # load(): the others
+    print(json.dumps(namespace["load"](folder)(batch).tolist()))
 """
 
 
-def _loader_probabilities(folder: Path, texts: list[str]) -> np.ndarray:
+def _loader_probabilities(folder: Path, batches: list[list[str]]) -> np.ndarray:
+    """P(positive) of every review of ``batches``, each batch one call, from the loader run
+    in an interpreter that cannot import stackrnn_jax."""
     site = str(Path(jax.__file__).resolve().parents[1])
     done = subprocess.run([sys.executable, "-I", "-S", "-c", ISOLATED, site,
-                           str(folder / export.LOADER_FILE), str(folder), *texts],
+                           str(folder / export.LOADER_FILE), str(folder), json.dumps(batches)],
                           capture_output=True, text=True, cwd=folder, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert [line.split("\t", 1)[1] for line in lines] == texts
-    return np.array([float(line.split("\t")[0]) for line in lines])
+    printed, rest = lines[:len(batches[0])], lines[len(batches[0]):]
+    assert [line.split("\t", 1)[1] for line in printed] == batches[0]
+    return np.concatenate([[float(line.split("\t")[0]) for line in printed],
+                           *[json.loads(line) for line in rest]])
 
 
 def _has(module: str) -> bool:
@@ -73,8 +80,7 @@ def test_loader_without_stackrnn_reproduces_predict(tmp_path, model_format, fiel
     expected = predict_proba(run, REVIEWS)
     assert expected.std() > 0.02  # the model tells the reviews apart: the check can fail
     # One batch of 7, then batches of 1 and 3 (other batch sizes, other longest rows).
-    batches = [REVIEWS, REVIEWS[:1], REVIEWS[4:]]
-    got = np.concatenate([_loader_probabilities(folder, texts) for texts in batches])
+    got = _loader_probabilities(folder, [REVIEWS, REVIEWS[:1], REVIEWS[4:]])
     want = np.concatenate([expected, expected[:1], expected[4:]])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
