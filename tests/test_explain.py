@@ -121,3 +121,12 @@ def test_page_renders_in_headless_chromium(workdir, tmp_path):
     # Rendered, not blank: the page's red/green token backgrounds are on screen.
     rgb = pixels[..., :3].reshape(-1, 3)
     assert np.any((rgb[:, 1] > rgb[:, 0] + 0.15)) and np.any((rgb[:, 0] > rgb[:, 1] + 0.15))
+
+
+def test_explain_into_a_folder_is_one_error_line(workdir, tmp_path, capsys):
+    (tmp_path / "page.html").mkdir()
+    argv = ["predict", "--workdir", str(workdir), "--explain", str(tmp_path / "page.html"),
+            REVIEWS[1]]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "page.html" in err, err
