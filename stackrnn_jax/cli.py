@@ -1,4 +1,4 @@
-"""``stackrnn train | evaluate | predict``: the command-line face.
+"""``stackrnn train | evaluate | predict | export``: the command-line face.
 
 Bad input of any kind ends with one ``error: ...`` line on stderr and exit status 2
 (usage) or 1 (everything else), never a traceback.
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     from stackrnn_jax.strategies import STRATEGIES  # choices read at runtime: the registry grows
 
     parser = _Parser(prog="stackrnn", description="Stacked RNN sentiment classifier on IMDB (JAX).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{train,evaluate,predict,export}")
     defaults = TrainConfig()
 
     train = commands.add_parser("train", help="train a model; keep the best epoch by validation accuracy",
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("checkpoint_every", type=int, help="steps between mid-epoch checkpoints (0: epoch ends only)")
     flag("keep_checkpoints", type=int, help="latest resumable checkpoints kept")
     flag("on_nonfinite", choices=NONFINITE_POLICIES, help="on a NaN/Inf loss or gradient")
+    flag("tensorboard", metavar="DIR", help="write TensorBoard scalars there (needs tensorboardX)")
     multi = train.add_argument_group("multi-host (jax.distributed; see the README)")
     multi.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() (TPU pods, SLURM, ... detected by JAX; "
@@ -105,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true",
                          help="one JSON list: text, probability, label and unknown_share "
                               "(the share of its words not in the vocabulary) per review")
+    predict.add_argument("--explain", type=Path, metavar="OUT.html",
+                         help="also write a page of how each prediction forms, token by token "
+                              "(and its PNG figure(s) beside it)")
+
+    export = commands.add_parser("export", help="the best epoch as a jax.export folder",
+                                 description="Write the best epoch as serialized StableHLO "
+                                             "(CPU, CUDA), vocabulary, manifest and a loader "
+                                             "that needs only jax and numpy.")
+    export.set_defaults(run=_export)
+    _add_run_options(export, data=False)
+    export.add_argument("--out", type=Path, required=True, help="the folder to write")
+    export.add_argument("--format", choices=("jax", "onnx"), default="jax",
+                        help="jax.export StableHLO (default) or ONNX (the onnx extra)")
     return parser
 
 
@@ -198,6 +213,19 @@ def _predict(args) -> None:
         preview = preview if len(preview) <= PREVIEW_CHARS else preview[: PREVIEW_CHARS - 3] + "..."
         print(f"{probability:.4f}\t{label(probability)}\t"
               f"{NO_KNOWN_WORD if share == 1.0 else ''}{preview}")
+    if args.explain:
+        from stackrnn_jax.explain import explain, write_page
+
+        written = write_page([explain(run, text) for text in texts], args.explain,
+                             title=f"How the prediction forms ({args.workdir.name})")
+        print(f"explanation: {', '.join(map(str, written))}", file=sys.stderr)
+
+
+def _export(args) -> None:
+    from stackrnn_jax.export import LOADER_FILE, export_run
+
+    out = export_run(args.workdir, args.out, args.format)
+    print(f"exported to {out}; try: python {out / LOADER_FILE} {out} \"a great film\"")
 
 
 def _quiet_data_layer():

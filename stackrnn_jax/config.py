@@ -66,6 +66,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
     keep_checkpoints: int = 3  # how many of the latest resumable checkpoints are kept
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" the run, or "skip" the step
+    # Monitoring: TensorBoard scalars (scalars.py) in this folder; "" writes none.
+    tensorboard: str = ""
 
     def __post_init__(self):
         from stackrnn_jax.strategies import STRATEGIES  # registry read at runtime: it grows

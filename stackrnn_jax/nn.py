@@ -37,13 +37,14 @@ class StackedRNN(nnx.Module):
     Call it on ``x (batch, time, input_size)`` (optionally with ``lengths (batch,)``);
     it returns ``(batch, time, out)`` with ``return_sequences`` else ``(batch, out)``.
     Dropout between layers is active unless the module is in eval mode
-    (``model.eval()`` / ``deterministic=True``).
+    (``model.eval()`` / ``deterministic=True``). ``strategy`` (default ``"auto"``, the
+    measured-fastest) and ``unroll`` are those of ``stacked_rnn``.
     """
 
     def __init__(self, input_size: int, units: int | Sequence[int], *, cell: str = "simple",
                  bidirectional: bool = False, merge: str = "concat", activation: str = "tanh",
                  reset_after: bool = True, unit_forget_bias: bool = True, dropout: float = 0.0,
-                 strategy: str = "scan", unroll: int = 1, compute_dtype=None,
+                 strategy: str = "auto", unroll: int = 1, compute_dtype=None,
                  param_dtype=jnp.float32, deterministic: bool = False, rngs: nnx.Rngs):
         layers = init_params(rngs.params(), input_size, units, cell=cell,
                              bidirectional=bidirectional, merge=merge, reset_after=reset_after,
@@ -86,7 +87,7 @@ class SentimentClassifier(nnx.Module):
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, units: int | Sequence[int] = (64, 64),
                  *, cell: str = "simple", bidirectional: bool = False, pooling: str = "last",
-                 dropout: float = 0.0, embed_dropout: float = 0.0, strategy: str = "scan",
+                 dropout: float = 0.0, embed_dropout: float = 0.0, strategy: str = "auto",
                  unroll: int = 1, compute_dtype=None, rngs: nnx.Rngs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {list(POOLINGS)}, got {pooling!r}")

@@ -40,7 +40,7 @@ CHECKPOINTS, TRAIN_STATE, LOCK = "checkpoints", "train_state", ".lock"
 # Changing these keeps the trained model's meaning, so they do not make a run dir incompatible
 # (a run may be resumed with another strategy or checkpoint cadence).
 EXECUTION_FIELDS = ("strategy", "unroll", "log_every", "checkpoint_every", "keep_checkpoints",
-                    "on_nonfinite")
+                    "on_nonfinite", "tensorboard")
 
 
 class RunError(ValueError):
@@ -235,6 +235,19 @@ def write_text(path: Path, text: str) -> None:
                                      prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
         try:
             file.write(text)
+        except BaseException:
+            os.unlink(file.name)
+            raise
+    os.replace(file.name, path)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, as ``write_text``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as file:
+        try:
+            file.write(data)
         except BaseException:
             os.unlink(file.name)
             raise

@@ -61,7 +61,7 @@ def init_params(key, input_size: int, units: int | Sequence[int], *, cell: str =
 
 def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str = "post",
                 initial_state=None, return_sequences: bool = False, return_state: bool = False,
-                strategy: str = "scan", unroll: int = 1, dropout: float = 0.0, dropout_rng=None,
+                strategy: str = "auto", unroll: int = 1, dropout: float = 0.0, dropout_rng=None,
                 merge: str = "concat", activation: str = "tanh", compute_dtype=None,
                 strategy_options: dict | None = None, check_lengths: bool = False):
     """Run a stacked RNN over a batch of sequences.
@@ -81,6 +81,10 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
       return_state: also return the final state of every layer.
       strategy: how the steps execute (``strategies.STRATEGIES``); all compute the same
         function (float64: equal to 1e-10; float32: to ~1e-5, rounding differs).
+        ``"auto"`` (default) runs the measured-fastest for the backend, cell and shape
+        (``explain_auto`` says which and why); ``"scan"`` is the plain ``lax.scan``, and the
+        one to pick for forward-mode differentiation (``jax.jvp``), which the custom-VJP
+        strategies ``"auto"`` may choose (``"cpu_native"``, ``"scan_vjp"``) do not support.
       unroll: timesteps per loop iteration for ``"scan"``; with ``"auto"``, the default 1
         lets the chosen rule set it (``auto.RULES``: scan at 16 on a GPU where measured).
       dropout, dropout_rng: dropout rate on the inputs of layers 2..L; applied only when a
@@ -230,7 +234,10 @@ def _check_params(params, cell: Cell, features: int, merge: str):
             if not (isinstance(p, dict) and {"kernel", "recurrent_kernel", "bias"} <= set(p)):
                 raise ValueError(f"params[{index}]: expected a dict with kernel, recurrent_kernel "
                                  f"and bias{' under forward/backward' if bidirectional else ''}")
-            kernel, recurrent = jnp.shape(p["kernel"]), jnp.shape(p["recurrent_kernel"])
+            # np.shape, not jnp.shape, here and below: shapes are static, and a converter
+            # that traces with a patched jnp (jax2onnx's jnp.shape returns a tracer) still
+            # gets tuples.
+            kernel, recurrent = np.shape(p["kernel"]), np.shape(p["recurrent_kernel"])
             n = recurrent[0] if len(recurrent) == 2 else -1
             if len(recurrent) != 2 or recurrent != (n, cell.gates * n):
                 raise ValueError(f"params[{index}]: recurrent_kernel shape {recurrent} does not fit "
@@ -249,16 +256,16 @@ def _cell_for_params(cell: Cell, params, bidirectional: bool) -> Cell:
     if cell.name != "gru":
         return cell
     first = params[0]["forward"] if bidirectional else params[0]
-    return make_cell("gru", activation=cell.activation, reset_after=jnp.ndim(first["bias"]) == 2)
+    return make_cell("gru", activation=cell.activation, reset_after=np.ndim(first["bias"]) == 2)
 
 
 def _length_mask(lengths, batch: int, time: int, padding: str, check: bool = False):
     """``(batch, time)`` bool, True at real steps; None when every step is real."""
     if lengths is None:
         return None
-    if jnp.shape(lengths) != (batch,):
+    if np.shape(lengths) != (batch,):
         raise ValueError(f"lengths: expected shape ({batch},), one per sequence, "
-                         f"got {jnp.shape(lengths)}")
+                         f"got {np.shape(lengths)}")
     if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
         raise ValueError(f"lengths: expected integers, got dtype {jnp.result_type(lengths)}")
     if not isinstance(lengths, jax.core.Tracer):  # values are only known outside tracing
@@ -273,7 +280,9 @@ def _length_mask(lengths, batch: int, time: int, padding: str, check: bool = Fal
                        f"lengths: expected values in [0, {time}] (the time axis), "
                        "got min {low}, max {high}", low=lengths.min(), high=lengths.max())
     lengths = jnp.clip(lengths, 0, time)  # traced values are not checked: keep results defined
-    steps = jnp.arange(time)[None, :]
+    # An iota, not jnp.arange(time)[None]: the same op, also with a symbolic ``time``
+    # under jax2onnx (`stackrnn export --format onnx`), whose arange cannot be sliced.
+    steps = jax.lax.broadcasted_iota(jnp.int32, (1, time), 1)
     if padding == "post":
         return steps < lengths[:, None]
     return steps >= time - lengths[:, None]
@@ -286,7 +295,7 @@ def _initial_carries(initial_state, cell: Cell, units, batch, bidirectional, dty
 
     def to_carry(state, n, where):
         carry = tuple(state) if cell.carry_size == 2 else (state,)
-        if len(carry) != cell.carry_size or any(jnp.shape(c) != (batch, n) for c in carry):
+        if len(carry) != cell.carry_size or any(np.shape(c) != (batch, n) for c in carry):
             expected = "(h, c), each" if cell.carry_size == 2 else "h of shape"
             raise ValueError(f"initial_state{where}: expected {expected} ({batch}, {n})")
         return tuple(jnp.asarray(c, dtype) for c in carry)

@@ -30,10 +30,12 @@ from stackrnn_jax.data import (EncodedSplit, Vocabulary, batches, check_reviews,
 from stackrnn_jax.interrupts import StopRequests, TrainingInterrupted
 from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.plots import plot_history
+from stackrnn_jax.scalars import open_log
 
 # Sums over the counted examples, kept on the device between host syncs: "loss" (weighted
 # losses), "correct" (weighted hits), "count" (weights); "nonfinite" (steps whose loss or
-# gradients were NaN/Inf, their update skipped) and "first_nonfinite" (the first such step).
+# gradients were NaN/Inf, their update skipped) and "first_nonfinite" (the first such step);
+# "grad_norm" (the global gradient norms of the finite steps, before clipping).
 Totals = dict
 NO_STEP = np.iinfo(np.int32).max
 
@@ -73,7 +75,8 @@ def create_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTra
 def zero_totals() -> Totals:
     return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32),
             "count": jnp.zeros((), jnp.float32), "nonfinite": jnp.zeros((), jnp.int32),
-            "first_nonfinite": jnp.full((), NO_STEP, jnp.int32)}
+            "first_nonfinite": jnp.full((), NO_STEP, jnp.int32),
+            "grad_norm": jnp.zeros((), jnp.float32)}
 
 
 def summarize(totals: Totals) -> dict[str, float]:
@@ -136,6 +139,8 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
                                _batch_totals(logits, batch, losses))
         totals = {**jax.tree.map(jnp.add, {k: totals[k] for k in counted}, counted),
                   "nonfinite": totals["nonfinite"] + (~finite).astype(jnp.int32),
+                  "grad_norm": totals["grad_norm"] + jnp.where(finite, optax.global_norm(grads),
+                                                               0.0),
                   "first_nonfinite": jnp.where(finite, totals["first_nonfinite"],
                                                jnp.minimum(totals["first_nonfinite"], step_index))}
         return new_state, totals
@@ -186,7 +191,8 @@ class Position:
 def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig, epoch: int,
                 *, progress: bool = True, layout: distributed.DataParallel | None = None,
                 start: Position | None = None, totals: Totals | None = None,
-                stop: StopRequests | None = None, on_checkpoint: Callable | None = None):
+                stop: StopRequests | None = None, on_checkpoint: Callable | None = None,
+                on_sync: Callable | None = None):
     """One pass over ``split`` from ``start.batch``: ``(state, metrics, Timer)``.
 
     ``start`` (epoch ``epoch``) is advanced in place, batch by batch.
@@ -195,7 +201,8 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
     before every checkpoint): that is where a NaN/Inf is noticed. ``on_checkpoint(state,
     totals, position)`` saves a mid-epoch checkpoint every ``config.checkpoint_every``
     global steps, and when ``stop`` reports a signal, after which ``TrainingInterrupted``
-    is raised. ``metrics`` adds ``"skipped_steps"`` (non-finite steps skipped).
+    is raised. ``on_sync(step, totals)`` sees each sync's totals (on the host).
+    ``metrics`` adds ``"skipped_steps"`` (non-finite steps skipped).
     """
     layout = layout or distributed.DataParallel(config.batch_size)
     position = start or Position(epoch)
@@ -218,6 +225,8 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
             timer.lap("step")
             _check_finite(host, config, epoch)
             running = summarize(host)
+            if on_sync is not None:
+                on_sync(position.step, host)
             bar.set_postfix(loss=f"{running['loss']:.4f}", accuracy=f"{running['accuracy']:.4f}",
                             refresh=False)
             bar.update(index - done)
@@ -354,19 +363,23 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             "epoch": position.epoch, "batch": position.batch, "step": position.step,
             "totals": None if totals is None else _totals_to_json(totals), "history": history})
 
-    with StopRequests() as stop, contextlib.closing(checkpoints):
+    scalars = open_log(config.tensorboard if writer else None,
+                       learning_rate(config, steps * config.epochs), position.step)
+    with StopRequests() as stop, contextlib.closing(checkpoints), contextlib.closing(scalars):
         for epoch in range(position.epoch, config.epochs + 1):
             start = time.perf_counter()
+            scalars.epoch_started(position.step, totals)
             state, metrics, timer = train_epoch(  # advances ``position`` in place
                 train_step, state, train, config, epoch, progress=progress and writer,
                 layout=layout, start=position, totals=totals, stop=stop,
-                on_checkpoint=save_checkpoint)
+                on_checkpoint=save_checkpoint, on_sync=scalars.sync)
             position, totals = Position(epoch + 1, 0, position.step), None
             train_s = time.perf_counter() - start
             val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer, layout,
                                    **bucketing(config))
             row = _epoch_row(epoch, metrics, val_metrics, timer, train_s,
                              time.perf_counter() - start, steps)
+            scalars.validation(position.step, val_metrics)
             history["epochs"].append(row)
             if writer:
                 print(f"Epoch {epoch}/{config.epochs} - {row['time_s']:.0f}s - loss: {row['loss']:.4f} - "
@@ -420,7 +433,8 @@ def _totals_to_json(totals: Totals) -> dict[str, float | int]:
 
 def _totals_from_json(values: dict[str, float | int]) -> Totals:
     template = zero_totals()
-    return {k: jnp.asarray(values[k], template[k].dtype) for k in template}
+    # .get: checkpoints from before "grad_norm" was summed resume with it at zero.
+    return {k: jnp.asarray(values.get(k, template[k]), template[k].dtype) for k in template}
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,

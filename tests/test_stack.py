@@ -216,3 +216,38 @@ def test_bad_input_raises_one_clear_value_error(call, message):
     params, x = _problem("simple", [5, 5], dtype=jnp.float32)
     with pytest.raises(ValueError, match=message):
         call(params, x)
+
+
+def test_auto_is_the_default_strategy_everywhere():
+    import inspect
+
+    from stackrnn_jax.nn import SentimentClassifier, StackedRNN
+    for function in (stacked_rnn, StackedRNN.__init__, SentimentClassifier.__init__):
+        assert inspect.signature(function).parameters["strategy"].default == "auto"
+
+
+def test_default_without_kernels_warns_once_per_process_and_matches_scan(monkeypatch):
+    """No compiler: "auto" (the default) runs the SimpleRNN as scan_vjp, saying so once,
+    however many traces follow (two here); an explicit ``strategy="scan"`` says nothing."""
+    import warnings
+
+    from stackrnn_jax import native
+    monkeypatch.setattr(native, "available", lambda: (False, "no C++ compiler (test)"))
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    native.warn_unavailable.cache_clear()
+    params, x = _problem("simple", [4, 3], dtype=jnp.float32)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scan = [stacked_rnn(params, x[:, :t], strategy="scan") for t in (7, 5)]
+            assert not caught
+            default = jax.jit(lambda p, x: stacked_rnn(p, x))   # a fresh function: new traces
+            ours = [default(params, x[:, :t]) for t in (7, 5)]
+            text = default.lower(params, x).as_text()
+    finally:
+        native.warn_unavailable.cache_clear()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "runs as scan_vjp" in messages[0], messages
+    assert "no C++ compiler (test)" in messages[0]
+    assert "stackrnn_simple" not in text
+    assert _max_error(ours, scan) < 1e-5

@@ -163,7 +163,8 @@ def test_saturated_float32_dynamics_end_exactly_in_the_sequential_finish():
     xs = jnp.asarray(np.random.default_rng(0).standard_normal((48, BATCH, FEATURES)), jnp.float32)
 
     def solve(xs):
-        scan = stacked_rnn([params], xs.swapaxes(0, 1), return_sequences=True).swapaxes(0, 1)
+        scan = stacked_rnn([params], xs.swapaxes(0, 1), return_sequences=True,
+                           strategy="scan").swapaxes(0, 1)
         return scan, [parallel_solve(cell, params, xs, method="deer", damping=d, max_iters=12)
                       for d in (None, 1.0)]
     scan, results = jax.jit(solve)(xs)

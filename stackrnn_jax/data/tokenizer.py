@@ -26,6 +26,8 @@ PADDING_SIDES = ("pre", "post")
 _LETTER = r"[^\W\d_]"  # a Unicode letter
 _WORD = re.compile(rf"{_LETTER}+(?:'{_LETTER}+)*")  # apostrophes only inside words: "don't"
 _LINE_BREAK = re.compile(r"<br\s*/?>")  # IMDB reviews mark paragraphs with <br />
+# Public for tools that tokenize without this package (the export's manifest and loader).
+WORD_PATTERN, LINE_BREAK_PATTERN = _WORD.pattern, _LINE_BREAK.pattern
 _FILE_FORMAT = "stackrnn_jax.vocabulary"
 
 

@@ -278,7 +278,7 @@ def _to_jax(params: dict) -> dict:
 
 
 def predict(imported: dict, inputs, *, lengths=None, padding: str = "pre",
-            strategy: str = "scan"):
+            strategy: str = "auto"):
     """What the Keras model outputs, computed by stackrnn_jax.
 
     ``inputs`` are token ids ``(batch, time)`` when the model has an Embedding, else

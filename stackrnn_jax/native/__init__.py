@@ -10,7 +10,9 @@ library is written to a temporary name and renamed into place, so concurrent fir
 uses and interrupted builds never leave a broken file behind.
 
 ``available()`` says whether the kernels can run here and, if not, why (no compiler, a
-failed build); callers fall back to the XLA strategies then.
+failed build); callers fall back to the XLA strategies then, and ``warn_unavailable()``
+says so once per process (``"auto"`` is the library's default strategy, so a warning per
+call would flood every user without a compiler).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("simple_rnn.cc")
@@ -111,3 +114,15 @@ def available() -> tuple[bool, str]:
     except NativeUnavailable as error:
         return False, str(error)
     return True, ""
+
+
+@functools.cache
+def warn_unavailable() -> bool:
+    """``available()[0]``; when False, one RuntimeWarning per process saying why and what
+    runs instead (the first caller's problem decides; later fallbacks stay quiet)."""
+    ok, why = available()
+    if not ok:
+        warnings.warn(f"the compiled CPU kernels cannot run here, so cpu_native (the "
+                      f"SimpleRNN strategy 'auto' prefers on a CPU) runs as scan_vjp: the "
+                      f"same numbers, slower. Why: {why}", RuntimeWarning, stacklevel=2)
+    return ok

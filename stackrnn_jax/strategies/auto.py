@@ -9,7 +9,8 @@ numbers came from. ``explain_auto`` reports the choice and the reason;
 A rule may also set ``unroll``: the unroll it runs with when the caller left
 ``unroll`` at its default 1 (any other value the caller passes is kept). A rule with
 ``needs_native`` applies only where the compiled CPU kernels build and load
-(``native.available()``); elsewhere the next matching rule decides. A rule may be
+(``native.available()``); elsewhere the next matching rule decides, and one warning
+per process says the kernels are missing and why. A rule may be
 limited to some ``cells`` (``cells.Cell.name``: "simple", "lstm", "gru") where only those
 were measured.
 
@@ -184,9 +185,19 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
     """Run the strategy ``choose`` picks for ``xs (time, batch, features)`` and ``layers``."""
     time, batch = xs.shape[:2]
     units = [layer["recurrent_kernel"].shape[0] for layer in layers]
-    strategy, rule = choose(jax.default_backend(), len(layers), time, batch, units, cell.name)
+    problem = (jax.default_backend(), len(layers), time, batch, units, cell.name)
+    _warn_if_kernels_missing(problem)
+    strategy, rule = choose(*problem)
     return get_strategy(strategy)(cell, layers, xs, mask, carries, between,
                                   unroll=rule_unroll(rule, unroll))
+
+
+def _warn_if_kernels_missing(problem) -> None:
+    """When a rule that needs the compiled kernels covers ``problem`` but they cannot run
+    here, ``native.warn_unavailable`` says so (once per process: "auto" is the default)."""
+    if any(rule.needs_native and dataclasses.replace(rule, needs_native=False).matches(*problem)
+           for rule in RULES):
+        native.warn_unavailable()
 
 
 register("auto", run_stack)

@@ -20,7 +20,7 @@ those steps' ``H_prev^T dA`` and ``X^T dA`` to ``dW_h`` and ``dW_x``; it returns
 What it covers: the SimpleRNN (tanh or relu) in float32 or float64, on the CPU backend,
 with masks, initial states, dropout between layers and both directions. Anything else —
 LSTM and GRU layers, other dtypes, a GPU or TPU default backend, or a machine where the
-kernels cannot be built (``native.available()`` says why; a warning is raised once) —
+kernels cannot be built (``native.available()`` says why; one warning per process) —
 runs as ``"scan_vjp"``, which gives the same numbers. Forward-mode differentiation
 (``jax.jvp``) is not supported (a ``custom_vjp``); ``jax.vmap`` runs the kernel once per
 mapped element.
@@ -29,7 +29,6 @@ mapped element.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -96,20 +95,11 @@ def _layer_bwd(activation, masked, residuals, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
-@functools.cache
-def _warn_unavailable():
-    ok, why = native.available()
-    if not ok:
-        warnings.warn(f"strategy cpu_native runs as scan_vjp: {why}", RuntimeWarning,
-                      stacklevel=4)
-    return ok
-
-
 def covers(cell, dtype) -> bool:
     """Whether a layer of ``cell`` in ``dtype`` runs in the kernel (else as scan_vjp)."""
     return (cell.name == "simple" and cell.activation in ACTIVATION_CODES
             and jnp.dtype(dtype) in map(jnp.dtype, DTYPES)
-            and jax.default_backend() == "cpu" and _warn_unavailable())
+            and jax.default_backend() == "cpu" and native.warn_unavailable())
 
 
 def run_layer(cell, params, xs, mask, carry, *, unroll=1):
