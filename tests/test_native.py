@@ -145,7 +145,7 @@ def test_no_compiler_is_one_line(monkeypatch):
 def test_failed_build_reports_the_compiler_error_and_leaves_no_file(tmp_path, monkeypatch):
     broken = tmp_path / "broken.cc"
     broken.write_text("int main( { return 0; }\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "SOURCES", (broken,))
     monkeypatch.setenv("STACKRNN_NATIVE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(native.NativeUnavailable, match=r"building broken.cc with .* failed: .*error"):
         native._build("c++", jax.ffi.include_dir(), "k")
