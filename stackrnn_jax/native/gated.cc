@@ -111,6 +111,66 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
                      depth, n);
 }
 
+// The gates of one row, elementwise. Each its own function with __restrict arguments:
+// inlined into the step loop, where the rows share arrays, GCC did not vectorise them
+// (the step's elementwise work then took twice the time of its matmuls).
+
+// LSTM: z [i f g o] pre-activations in, activations out; c_t and h_t from c_{t-1}.
+template <typename T, int kAct>
+__attribute__((noinline)) void lstm_gates(T* __restrict z, const T* __restrict cp,
+                                          T* __restrict c, T* __restrict h, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T i = sigmoid_of(z[j]), f = sigmoid_of(z[u + j]);
+    const T gg = act<kAct>(z[2 * u + j]), o = sigmoid_of(z[3 * u + j]);
+    const T cn = f * cp[j] + i * gg;
+    z[j] = i;
+    z[u + j] = f;
+    z[2 * u + j] = gg;
+    z[3 * u + j] = o;
+    c[j] = cn;
+    h[j] = o * act<kAct>(cn);
+  }
+}
+
+// GRU reset_after: x [xw_z xw_r xw_n] in, [z r n u_n] out; rec = h W_h + b_rec.
+template <typename T, int kAct>
+__attribute__((noinline)) void gru_after_gates(T* __restrict x, const T* __restrict rec,
+                                               const T* __restrict hp, T* __restrict h,
+                                               int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T z = sigmoid_of(x[j] + rec[j]), r = sigmoid_of(x[u + j] + rec[u + j]);
+    const T n = act<kAct>(x[2 * u + j] + r * rec[2 * u + j]);
+    x[j] = z;
+    x[u + j] = r;
+    x[2 * u + j] = n;
+    x[3 * u + j] = rec[2 * u + j];
+    h[j] = z * hp[j] + (T(1) - z) * n;
+  }
+}
+
+// GRU reset_before, before the candidate's matmul: z, r and r * h_{t-1} into x.
+template <typename T>
+__attribute__((noinline)) void gru_before_gates(T* __restrict x, const T* __restrict rec,
+                                                const T* __restrict hp, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T z = sigmoid_of(x[j] + rec[j]), r = sigmoid_of(x[u + j] + rec[u + j]);
+    x[j] = z;
+    x[u + j] = r;
+    x[3 * u + j] = r * hp[j];
+  }
+}
+
+// GRU reset_before, after it: x's candidate column holds xw_n + (r h) W_h[:, 2u:].
+template <typename T, int kAct>
+__attribute__((noinline)) void gru_before_output(T* __restrict x, const T* __restrict hp,
+                                                 T* __restrict h, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T n = act<kAct>(x[2 * u + j]);
+    x[2 * u + j] = n;
+    h[j] = x[j] * hp[j] + (T(1) - x[j]) * n;
+  }
+}
+
 template <typename T>
 struct Layer {
   int64_t time, batch, units, inputs, cell;
@@ -124,9 +184,11 @@ template <typename T, int kAct>
 void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash) {
   const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
   const int64_t rows = b1 - b0, step = L.batch * u;
-  // Without a stash, one step's gate rows (and the LSTM's running cell state) live here.
-  std::vector<T> gates(stash ? 0 : rows * s), cells(stash ? 0 : rows * u), rec(rows * g);
-  if (!stash && L.cell == kLstm) std::copy(L.c0 + b0 * u, L.c0 + b1 * u, cells.data());
+  // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
+  // previous step's and this one's) live here.
+  std::vector<T> gates(stash ? 0 : rows * s), rec(rows * g);
+  std::vector<T> cells[2] = {std::vector<T>(stash ? 0 : rows * u),
+                             std::vector<T>(stash ? 0 : rows * u)};
   for (int64_t t = 0; t < L.time; ++t) {
     const T* hp = (t == 0 ? L.h0 : hs + (t - 1) * step) + b0 * u;
     T* h = hs + t * step + b0 * u;
@@ -137,31 +199,18 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
                 st, s, L.inputs, g);
     if (L.cell == kLstm) {
       block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
-      // c_{t-1}: c0, the previous step's stash, or the running state.
-      const T* cp = stash ? (t == 0 ? L.c0 + b0 * u : st - L.batch * s + 4 * u) : cells.data();
-      const int64_t lcp = stash && t > 0 ? s : u;
-      T* c = stash ? st + 4 * u : cells.data();
+      // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
       const int64_t lc = stash ? s : u;
+      const T* cp = t == 0 ? L.c0 + b0 * u
+                           : stash ? st - L.batch * s + 4 * u : cells[(t - 1) % 2].data();
+      const int64_t lcp = t == 0 ? u : lc;
+      T* c = stash ? st + 4 * u : cells[t % 2].data();
       for (int64_t r = 0; r < rows; ++r) {
-        T* z = st + r * s;
-        const T* cpr = cp + r * lcp;
-        T* cr = c + r * lc;
-        T* hr = h + r * u;
-        if (!m[r]) {
-          std::copy(hp + r * u, hp + (r + 1) * u, hr);
-          if (cr != cpr) std::copy(cpr, cpr + u, cr);
-          continue;
-        }
-        for (int64_t j = 0; j < u; ++j) {
-          const T i = sigmoid_of(z[j]), f = sigmoid_of(z[u + j]);
-          const T gg = act<kAct>(z[2 * u + j]), o = sigmoid_of(z[3 * u + j]);
-          const T cn = f * cpr[j] + i * gg;
-          z[j] = i;
-          z[u + j] = f;
-          z[2 * u + j] = gg;
-          z[3 * u + j] = o;
-          cr[j] = cn;
-          hr[j] = o * act<kAct>(cn);
+        if (m[r]) {
+          lstm_gates<T, kAct>(st + r * s, cp + r * lcp, c + r * lc, h + r * u, u);
+        } else {  // the carry is held
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
+          std::copy(cp + r * lcp, cp + r * lcp + u, c + r * lc);
         }
       }
       if (t == L.time - 1)
@@ -170,52 +219,24 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
     } else if (L.cell == kGruAfter) {
       block_times(rows, hp, u, L.w_h, g, L.b_rec, 0, rec.data(), g, u, g);  // h W_h + b_rec
       for (int64_t r = 0; r < rows; ++r) {
-        T* x = st + r * s;
-        const T* ur = rec.data() + r * g;
-        const T* hpr = hp + r * u;
-        T* hr = h + r * u;
-        if (!m[r]) {
-          std::copy(hpr, hpr + u, hr);
-          continue;
-        }
-        for (int64_t j = 0; j < u; ++j) {
-          const T z = sigmoid_of(x[j] + ur[j]), rr = sigmoid_of(x[u + j] + ur[u + j]);
-          const T n = act<kAct>(x[2 * u + j] + rr * ur[2 * u + j]);
-          x[j] = z;
-          x[u + j] = rr;
-          x[2 * u + j] = n;
-          x[3 * u + j] = ur[2 * u + j];
-          hr[j] = z * hpr[j] + (T(1) - z) * n;
+        if (m[r]) {
+          gru_after_gates<T, kAct>(st + r * s, rec.data() + r * g, hp + r * u, h + r * u, u);
+        } else {
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
         }
       }
     } else {
       block_times(rows, hp, u, L.w_h, g, static_cast<const T*>(nullptr), 0, rec.data(), g, u,
                   2 * u);  // h W_h[:, :2u]
-      for (int64_t r = 0; r < rows; ++r) {
-        T* x = st + r * s;
-        const T* ur = rec.data() + r * g;
-        const T* hpr = hp + r * u;
-        for (int64_t j = 0; j < u; ++j) {
-          const T z = sigmoid_of(x[j] + ur[j]), rr = sigmoid_of(x[u + j] + ur[u + j]);
-          x[j] = z;
-          x[u + j] = rr;
-          x[3 * u + j] = rr * hpr[j];
-        }
-      }
+      for (int64_t r = 0; r < rows; ++r)
+        gru_before_gates<T>(st + r * s, rec.data() + r * g, hp + r * u, u);
       // xw_n + (r h) W_h[:, 2u:], in place.
       block_times(rows, st + 3 * u, s, L.w_h + 2 * u, g, st + 2 * u, s, st + 2 * u, s, u, u);
       for (int64_t r = 0; r < rows; ++r) {
-        T* x = st + r * s;
-        const T* hpr = hp + r * u;
-        T* hr = h + r * u;
-        if (!m[r]) {
-          std::copy(hpr, hpr + u, hr);
-          continue;
-        }
-        for (int64_t j = 0; j < u; ++j) {
-          const T n = act<kAct>(x[2 * u + j]);
-          x[2 * u + j] = n;
-          hr[j] = x[j] * hpr[j] + (T(1) - x[j]) * n;
+        if (m[r]) {
+          gru_before_output<T, kAct>(st + r * s, hp + r * u, h + r * u, u);
+        } else {
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
         }
       }
     }
@@ -224,6 +245,61 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
     std::fill(c_last + b0 * u, c_last + b1 * u, T(0));
   } else if (L.time == 0) {
     std::copy(L.c0 + b0 * u, L.c0 + b1 * u, c_last + b0 * u);
+  }
+}
+
+// The backward pass's elementwise work for one row (noinline with __restrict, as above).
+// total: the gradient reaching h_t. LSTM: dX [di df dg do] (pre-activation) and dc <- the
+// gradient reaching c_{t-1}.
+template <typename T, int kAct>
+__attribute__((noinline)) void lstm_grads(const T* __restrict x, const T* __restrict cp,
+                                          const T* __restrict total, T* __restrict dc,
+                                          T* __restrict dx, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T i = x[j], f = x[u + j], gg = x[2 * u + j], o = x[3 * u + j];
+    const T a = act<kAct>(x[4 * u + j]);
+    const T dct = dc[j] + total[j] * o * act_grad<kAct>(a);
+    dx[j] = dct * gg * i * (T(1) - i);
+    dx[u + j] = dct * cp[j] * f * (T(1) - f);
+    dx[2 * u + j] = dct * i * act_grad<kAct>(gg);
+    dx[3 * u + j] = total[j] * a * o * (T(1) - o);
+    dc[j] = dct * f;
+  }
+}
+
+// GRU: dX [dz dr dn] (pre-activation; reset_before's dr is formed later, from d(r h)),
+// reset_after's dU = [dz dr r*dn], and dh <- the direct path z * total.
+template <typename T, int kAct, bool kAfter>
+__attribute__((noinline)) void gru_grads(const T* __restrict x, const T* __restrict hp,
+                                         const T* __restrict total, T* __restrict dh,
+                                         T* __restrict dx, T* __restrict du, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T z = x[j], n = x[2 * u + j];
+    const T dn = total[j] * (T(1) - z) * act_grad<kAct>(n);
+    const T dz = total[j] * (hp[j] - n) * z * (T(1) - z);
+    dx[j] = dz;
+    dx[2 * u + j] = dn;
+    dh[j] = total[j] * z;
+    if constexpr (kAfter) {
+      const T r = x[u + j];
+      const T dr = dn * x[3 * u + j] * r * (T(1) - r);
+      dx[u + j] = dr;
+      du[j] = dz;
+      du[u + j] = dr;
+      du[2 * u + j] = dn * r;
+    }
+  }
+}
+
+// GRU reset_before: from d(r h) = dn W_h[:, 2u:]^T, r's gradient and the path through r h.
+template <typename T>
+__attribute__((noinline)) void gru_before_grads(const T* __restrict x, const T* __restrict hp,
+                                                const T* __restrict d_rh, T* __restrict dh,
+                                                T* __restrict dx, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T r = x[u + j];
+    dx[u + j] = d_rh[j] * hp[j] * r * (T(1) - r);
+    dh[j] += d_rh[j] * r;
   }
 }
 
@@ -268,54 +344,22 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       const T* dyr = D.dy ? D.dy + t * step + (b0 + r) * u : nullptr;
       for (int64_t j = 0; j < u; ++j) total[j] = dhr[j] + (dyr ? dyr[j] : T(0));
       const T* x = st + r * s;
-      const T* hpr = hp + r * u;
       if (lstm) {
         const T* cp = t == 0 ? L.c0 + (b0 + r) * u : x - L.batch * s + 4 * u;
-        T* dcr = dc + r * u;
-        for (int64_t j = 0; j < u; ++j) {
-          const T i = x[j], f = x[u + j], gg = x[2 * u + j], o = x[3 * u + j];
-          const T a = act<kAct>(x[4 * u + j]);
-          const T dct = dcr[j] + total[j] * o * act_grad<kAct>(a);
-          dxr[j] = dct * gg * i * (T(1) - i);
-          dxr[u + j] = dct * cp[j] * f * (T(1) - f);
-          dxr[2 * u + j] = dct * i * act_grad<kAct>(gg);
-          dxr[3 * u + j] = total[j] * a * o * (T(1) - o);
-          dcr[j] = dct * f;
-        }
+        lstm_grads<T, kAct>(x, cp, total.data(), dc + r * u, dxr, u);
+      } else if (after) {
+        gru_grads<T, kAct, true>(x, hp + r * u, total.data(), dhr, dxr, dur, u);
       } else {
-        for (int64_t j = 0; j < u; ++j) {
-          const T z = x[j], n = x[2 * u + j];
-          const T dan = total[j] * (T(1) - z) * act_grad<kAct>(n);
-          dxr[j] = total[j] * (hpr[j] - n) * z * (T(1) - z);
-          dxr[2 * u + j] = dan;
-          dhr[j] = total[j] * z;  // the direct path z * h_{t-1}
-          if (after) {
-            const T rr = x[u + j];
-            dxr[u + j] = dan * x[3 * u + j] * rr * (T(1) - rr);
-            dur[j] = dxr[j];
-            dur[u + j] = dxr[u + j];
-            dur[2 * u + j] = dan * rr;
-          }
-        }
+        gru_grads<T, kAct, false>(x, hp + r * u, total.data(), dhr, dxr, nullptr, u);
       }
     }
     if (L.cell == kGruBefore) {
-      // d(r h) = dn_pre W_h[:, 2u:]^T, then r's gradient and the path through r * h.
       block_times(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u, static_cast<const T*>(nullptr),
                   0, product.data(), u, u, u);
-      for (int64_t r = 0; r < rows; ++r) {
-        if (!m[r]) continue;
-        const T* x = st + r * s;
-        const T* hpr = hp + r * u;
-        const T* prr = product.data() + r * u;
-        T* dxr = dx + r * g;
-        T* dhr = dh + r * u;
-        for (int64_t j = 0; j < u; ++j) {
-          const T rr = x[u + j];
-          dxr[u + j] = prr[j] * hpr[j] * rr * (T(1) - rr);
-          dhr[j] += prr[j] * rr;
-        }
-      }
+      for (int64_t r = 0; r < rows; ++r)
+        if (m[r])
+          gru_before_grads<T>(st + r * s, hp + r * u, product.data() + r * u, dh + r * u,
+                              dx + r * g, u);
     }
     // dh <- dU W_h^T (GRU: added to the direct paths); GRU reset_before: z and r only.
     const int64_t depth = L.cell == kGruBefore ? 2 * u : g;
