@@ -12,7 +12,8 @@
 // cell 1, GRU reset_after (gates z r n):  xw = b_in + x W_x, u = h W_h + b_rec;
 //   z = sigmoid(xw_z + u_z), r = sigmoid(xw_r + u_r), n = act(xw_n + r u_n).
 // cell 2, GRU reset_before:  z, r from xw + h W_h[:, :2u]; n = act(xw_n + (r h) W_h[:, 2u:]).
-// GRU: h_t = z h + (1 - z) n. Where mask[t, b] is false the carry is held (outputs are
+// GRU: h_t = z h + (1 - z) n. cell 3: the SimpleRNN, inference only (h_t = act(z), z as
+// the LSTM's with G = 1). Where mask[t, b] is false the carry is held (outputs are
 // masked by the caller), as common.masked_step.
 //
 // Training forward also stores, per step and row, what the backward pass reads
@@ -43,10 +44,12 @@ using stackrnn::over_rows;
 using stackrnn::sigmoid_of;
 using stackrnn::tanh_of;
 
-enum Cell : int64_t { kLstm = 0, kGruAfter = 1, kGruBefore = 2 };
+// kSimple: the SimpleRNN's inference (its training runs in simple_rnn.cc), here so that
+// its input term is formed per step too.
+enum Cell : int64_t { kLstm = 0, kGruAfter = 1, kGruBefore = 2, kSimple = 3 };
 
-int64_t gates_of(int64_t cell) { return cell == kLstm ? 4 : 3; }
-int64_t stash_of(int64_t cell) { return cell == kLstm ? 5 : 4; }
+int64_t gates_of(int64_t cell) { return cell == kLstm ? 4 : cell == kSimple ? 1 : 3; }
+int64_t stash_of(int64_t cell) { return cell == kLstm ? 5 : cell == kSimple ? 1 : 4; }
 
 template <int kAct, typename T>
 inline T act(T x) {
@@ -114,6 +117,12 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
 // The gates of one row, elementwise. Each its own function with __restrict arguments:
 // inlined into the step loop, where the rows share arrays, GCC did not vectorise them
 // (the step's elementwise work then took twice the time of its matmuls).
+
+// SimpleRNN: h_t = act(z).
+template <typename T, int kAct>
+__attribute__((noinline)) void simple_output(const T* __restrict z, T* __restrict h, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) h[j] = act<kAct>(z[j]);
+}
 
 // LSTM: z [i f g o] pre-activations in, activations out; c_t and h_t from c_{t-1}.
 template <typename T, int kAct>
@@ -197,7 +206,16 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
     // The input term b_in + x_t W_x, into the stash's first G*u columns.
     block_times(rows, L.xs + (t * L.batch + b0) * L.inputs, L.inputs, L.w_x, g, L.b_in, 0,
                 st, s, L.inputs, g);
-    if (L.cell == kLstm) {
+    if (L.cell == kSimple) {
+      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
+      for (int64_t r = 0; r < rows; ++r) {
+        if (m[r]) {
+          simple_output<T, kAct>(st + r * s, h + r * u, u);
+        } else {
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
+        }
+      }
+    } else if (L.cell == kLstm) {
       block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
       // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
       const int64_t lc = stash ? s : u;
@@ -421,7 +439,7 @@ ffi::Error check_layer(int64_t cell, int64_t activation, const ffi::AnyBuffer& x
                        const ffi::AnyBuffer& w_x, const ffi::AnyBuffer& w_h,
                        const ffi::AnyBuffer& h0, const ffi::AnyBuffer& c0,
                        const ffi::AnyBuffer& mask) {
-  if (cell < 0 || cell > 2 || activation < 0 || activation > 1) {
+  if (cell < 0 || cell > 3 || activation < 0 || activation > 1) {
     return ffi::Error::InvalidArgument("stackrnn gated: unknown cell or activation code");
   }
   auto x = xs.dimensions(), wx = w_x.dimensions(), wh = w_h.dimensions(), h = h0.dimensions(),
@@ -480,6 +498,7 @@ ffi::Error Train(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ff
                  ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
                  ffi::Result<ffi::AnyBuffer> c_last, ffi::Result<ffi::AnyBuffer> stash,
                  int64_t cell, int64_t activation) {
+  if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
   return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, &*stash, cell,
                  activation);
 }
@@ -525,6 +544,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_h,
                     ffi::Result<ffi::AnyBuffer> dw_h, ffi::Result<ffi::AnyBuffer> dw_x,
                     ffi::Result<ffi::AnyBuffer> db_rec, int64_t cell, int64_t activation,
                     int64_t with_dy) {
+  if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
   // dw_x's shape stands in for W_x in the shape check (the backward pass does not read W_x).
   if (auto error = check_layer(cell, activation, xs, *dw_x, w_h, h0, c0, mask); error.failure())
     return error;

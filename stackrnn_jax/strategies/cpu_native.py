@@ -50,7 +50,7 @@ from stackrnn_jax.strategies.common import layer_by_layer
 
 ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
 DTYPES = (jnp.float32, jnp.float64)
-LSTM, GRU_AFTER, GRU_BEFORE = 0, 1, 2       # gated.cc's ``cell`` attribute
+LSTM, GRU_AFTER, GRU_BEFORE, SIMPLE = 0, 1, 2, 3   # gated.cc's ``cell`` attribute
 STASH_WIDTH = {LSTM: 5, GRU_AFTER: 4, GRU_BEFORE: 4}  # stored values per unit and step
 
 
@@ -73,8 +73,12 @@ def _layer(activation, masked, w_x, b, w_h, h0, xs, mask):
     """One layer: ``w_x (inputs, units)``, ``b (units,)``, ``w_h (units, units)``,
     ``h0 (batch, units)``, ``xs (time, batch, inputs)``, ``mask (time, batch)`` bool (all
     True when not ``masked``) -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` and the
-    carry after the last step (``hs[-1]``)."""
-    return _forward(activation, masked, w_x, b, w_h, h0, xs, mask)[0]
+    carry after the last step (``hs[-1]``). Without differentiation it runs gated.cc's
+    inference kernel, which forms each step's input term itself (no hoisted
+    ``(time, batch, units)`` projection written and read back)."""
+    ys, (final,) = _gated_forward(SIMPLE, activation, masked, False, w_x, b, w_h, (h0,), xs,
+                                  mask)[0]
+    return ys, final
 
 
 def _layer_fwd(activation, masked, w_x, b, w_h, h0, xs, mask):
