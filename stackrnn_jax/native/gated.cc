@@ -19,11 +19,12 @@
 // Training forward also stores, per step and row, what the backward pass reads
 // (stash (time, batch, S*units)): LSTM [i f g o c_t] (S 5), GRU [z r n u_n] (after) or
 // [z r n r*h] (before) (S 4). Backward, from the stash, per step in reverse: dX (the
-// cotangent of the step's input term, (time, batch, G*units), returned: the caller forms
-// db_in and dx = dX W_x^T with XLA), the recurrent term's cotangent dU (= dX except GRU
-// reset_after's candidate block, r * dn) and dh <- dU W_h^T (+ the direct paths); dW_h =
-// H_prev^T dU and dW_x = X^T dX summed every 16 steps while their rows are in cache,
-// db_rec = sum dU in the kernel (GRU reset_after).
+// cotangent of the step's input term), the recurrent term's cotangent dU (= dX except GRU
+// reset_after's candidate block, r * dn), dh <- dU W_h^T (+ the direct paths) and the
+// input's gradient dxs = dX W_x^T; dW_h = H_prev^T dU, dW_x = X^T dX, db_in = sum dX and
+// db_rec = sum dU (GRU reset_after) summed every 16 steps while their rows are in cache.
+// dX and dU are never written out whole: a (time, batch, G*units) temporary less, which
+// also keeps XLA's per-call temporaries under glibc's mmap limits (see allocator.py).
 //
 // Shapes: xs (time, batch, inputs); W_x (inputs, G*u); b_in, b_rec (G*u); W_h (u, G*u);
 // h0, c0, c_last, dh, dc (batch, u) (GRU: c0 unused, c_last and dc0 zero); hs, dy (time,
@@ -323,21 +324,24 @@ __attribute__((noinline)) void gru_before_grads(const T* __restrict x, const T* 
 
 template <typename T>
 struct Grads {
-  const T *hs, *stash, *dy, *dh_last, *dc_last, *w_t;  // w_t = W_h^T (G*u, u)
-  T *dx, *dh, *dc;
+  const T *hs, *stash, *dy, *dh_last, *dc_last;
+  const T *w_t, *w_xt;  // W_h^T (G*u, u) and W_x^T (G*u, inputs)
+  T *dxs, *dh, *dc;
 };
 
-// Rows [b0, b1) of the backward pass; adds this chunk's weight gradients to dw_h (u, G*u),
-// dw_x (inputs, G*u) and db_rec (G*u).
+// Rows [b0, b1) of the backward pass: dxs = dX W_x^T and dh0 (dc0); adds this chunk's
+// weight gradients to dw_h (u, G*u), dw_x (inputs, G*u), db_in and db_rec (G*u). dX and
+// dU live only for a block of steps (a ring of kBlock steps' rows): the weight gradients
+// are summed from them per block, the input's gradient per step.
 template <typename T, int kAct>
 void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1, T* dw_h,
-                   T* dw_x, T* db_rec) {
+                   T* dw_x, T* db_in, T* db_rec) {
   const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
   const int64_t rows = b1 - b0, step = L.batch * u;
   constexpr int64_t kBlock = 16;  // steps per weight-gradient update: rows still in cache
   const bool lstm = L.cell == kLstm, after = L.cell == kGruAfter;
   std::vector<T> product(rows * u), total(u);
-  std::vector<T> ring(after ? kBlock * rows * g : 0);  // dU rows of the block (GRU after)
+  std::vector<T> ring_x(kBlock * rows * g), ring_u(after ? kBlock * rows * g : 0);
   std::vector<const T*> block_h, block_x, block_d, block_u, block_rh;
   T* dh = D.dh + b0 * u;
   T* dc = D.dc + b0 * u;
@@ -347,8 +351,8 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
     const T* hp = (t == 0 ? L.h0 : D.hs + (t - 1) * step) + b0 * u;
     const T* st = D.stash + (t * L.batch + b0) * s;
     const bool* m = L.mask + t * L.batch + b0;
-    T* dx = D.dx + (t * L.batch + b0) * g;
-    T* du = after ? ring.data() + block_h.size() * rows * g : dx;
+    T* dx = ring_x.data() + block_h.size() * rows * g;
+    T* du = after ? ring_u.data() + block_h.size() * rows * g : dx;
     for (int64_t r = 0; r < rows; ++r) {
       T* dxr = dx + r * g;
       T* dur = du + r * g;
@@ -393,6 +397,9 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
         for (int64_t j = 0; j < u; ++j) dhr[j] += prr[j];
       }
     }
+    // The input's gradient (masked rows: dX is zero there).
+    block_times(rows, dx, g, D.w_xt, L.inputs, static_cast<const T*>(nullptr), 0,
+                D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g, L.inputs);
     block_h.push_back(hp);
     block_x.push_back(L.xs + (t * L.batch + b0) * L.inputs);
     block_d.push_back(dx);
@@ -402,6 +409,9 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       const int64_t n = block_h.size();
       add_transposed_products(block_x.data(), L.inputs, block_d.data(), g, n, rows, dw_x, g,
                               L.inputs, g);
+      for (const T* d : block_d)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t j = 0; j < g; ++j) db_in[j] += d[r * g + j];
       if (L.cell == kGruBefore) {
         add_transposed_products(block_h.data(), u, block_d.data(), g, n, rows, dw_h, g, u,
                                 2 * u);
@@ -513,40 +523,47 @@ ffi::Error Infer(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ff
 
 template <typename T>
 void backward_typed(ffi::ThreadPool pool, const Layer<T>& L, Grads<T> D, T* dw_h, T* dw_x,
-                    T* db_rec, int64_t activation) {
+                    T* db_in, T* db_rec, int64_t activation) {
   const int64_t u = L.units, g = gates_of(L.cell) * u;
-  std::vector<T> w_t(g * u);  // W_h^T, so that dh <- dU W_h^T reads rows
+  // W_h^T and W_x^T, so that dh <- dU W_h^T and dxs = dX W_x^T read rows.
+  std::vector<T> w_t(g * u), w_xt(g * L.inputs);
   for (int64_t i = 0; i < u; ++i)
     for (int64_t j = 0; j < g; ++j) w_t[j * u + i] = L.w_h[i * g + j];
+  for (int64_t i = 0; i < L.inputs; ++i)
+    for (int64_t j = 0; j < g; ++j) w_xt[j * L.inputs + i] = L.w_x[i * g + j];
   D.w_t = w_t.data();
+  D.w_xt = w_xt.data();
   std::fill(dw_h, dw_h + u * g, T(0));
   std::fill(dw_x, dw_x + L.inputs * g, T(0));
+  std::fill(db_in, db_in + g, T(0));
   std::fill(db_rec, db_rec + g, T(0));
   std::mutex sum;  // each chunk adds its rows' share of the weight gradients once, at its end
   by_activation(activation, [&](auto code) {
     over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
-      std::vector<T> part_h(u * g, T(0)), part_x(L.inputs * g, T(0)), part_b(g, T(0));
+      std::vector<T> part_h(u * g, T(0)), part_x(L.inputs * g, T(0)), part_b(g, T(0)),
+          part_r(g, T(0));
       backward_rows<T, decltype(code)::value>(L, D, b0, b1, part_h.data(), part_x.data(),
-                                              part_b.data());
+                                              part_b.data(), part_r.data());
       std::lock_guard<std::mutex> hold(sum);
       for (int64_t i = 0; i < u * g; ++i) dw_h[i] += part_h[i];
       for (int64_t i = 0; i < L.inputs * g; ++i) dw_x[i] += part_x[i];
-      for (int64_t i = 0; i < g; ++i) db_rec[i] += part_b[i];
+      for (int64_t i = 0; i < g; ++i) db_in[i] += part_b[i];
+      for (int64_t i = 0; i < g; ++i) db_rec[i] += part_r[i];
     });
   });
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_h,
-                    ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer mask, ffi::AnyBuffer hs,
-                    ffi::AnyBuffer stash, ffi::AnyBuffer dy, ffi::AnyBuffer dh_last,
-                    ffi::AnyBuffer dc_last, ffi::Result<ffi::AnyBuffer> dx,
-                    ffi::Result<ffi::AnyBuffer> dh0, ffi::Result<ffi::AnyBuffer> dc0,
-                    ffi::Result<ffi::AnyBuffer> dw_h, ffi::Result<ffi::AnyBuffer> dw_x,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x,
+                    ffi::AnyBuffer w_h, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer mask,
+                    ffi::AnyBuffer hs, ffi::AnyBuffer stash, ffi::AnyBuffer dy,
+                    ffi::AnyBuffer dh_last, ffi::AnyBuffer dc_last,
+                    ffi::Result<ffi::AnyBuffer> dxs, ffi::Result<ffi::AnyBuffer> dh0,
+                    ffi::Result<ffi::AnyBuffer> dc0, ffi::Result<ffi::AnyBuffer> dw_h,
+                    ffi::Result<ffi::AnyBuffer> dw_x, ffi::Result<ffi::AnyBuffer> db_in,
                     ffi::Result<ffi::AnyBuffer> db_rec, int64_t cell, int64_t activation,
                     int64_t with_dy) {
   if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
-  // dw_x's shape stands in for W_x in the shape check (the backward pass does not read W_x).
-  if (auto error = check_layer(cell, activation, xs, *dw_x, w_h, h0, c0, mask); error.failure())
+  if (auto error = check_layer(cell, activation, xs, w_x, w_h, h0, c0, mask); error.failure())
     return error;
   auto x = xs.dimensions(), k = stash.dimensions();
   if (k.size() != 3 || k[0] != x[0] || k[1] != x[1] ||
@@ -555,13 +572,14 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_h,
   }
   return by_dtype(xs.element_type(), "gated", [&](auto type) {
     using T = decltype(type);
-    const Layer<T> L = layer_of<T>(cell, xs, *dw_x, *dw_x, w_h, *dw_x, h0, c0, mask);
+    // The biases are not read backward: w_x stands in for them.
+    const Layer<T> L = layer_of<T>(cell, xs, w_x, w_x, w_h, w_x, h0, c0, mask);
     Grads<T> D{hs.typed_data<T>(), stash.typed_data<T>(),
                with_dy ? dy.typed_data<T>() : nullptr, dh_last.typed_data<T>(),
-               dc_last.typed_data<T>(), nullptr, dx->typed_data<T>(), dh0->typed_data<T>(),
-               dc0->typed_data<T>()};
+               dc_last.typed_data<T>(), nullptr, nullptr, dxs->typed_data<T>(),
+               dh0->typed_data<T>(), dc0->typed_data<T>()};
     backward_typed<T>(pool, L, D, dw_h->typed_data<T>(), dw_x->typed_data<T>(),
-                      db_rec->typed_data<T>(), activation);
+                      db_in->typed_data<T>(), db_rec->typed_data<T>(), activation);
   });
 }
 
@@ -604,6 +622,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // w_x
                                   .Arg<ffi::AnyBuffer>()  // w_h
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::AnyBuffer>()  // c0
@@ -613,11 +632,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedBackward, Backward,
                                   .Arg<ffi::AnyBuffer>()  // dy (read when with_dy)
                                   .Arg<ffi::AnyBuffer>()  // dh_last
                                   .Arg<ffi::AnyBuffer>()  // dc_last
-                                  .Ret<ffi::AnyBuffer>()  // dx: the input term's cotangent
+                                  .Ret<ffi::AnyBuffer>()  // dxs: the input's gradient
                                   .Ret<ffi::AnyBuffer>()  // dh0
                                   .Ret<ffi::AnyBuffer>()  // dc0
                                   .Ret<ffi::AnyBuffer>()  // dw_h
                                   .Ret<ffi::AnyBuffer>()  // dw_x
+                                  .Ret<ffi::AnyBuffer>()  // db_in
                                   .Ret<ffi::AnyBuffer>()  // db_rec
                                   .Attr<int64_t>("cell")
                                   .Attr<int64_t>("activation")

@@ -23,8 +23,9 @@ LSTM and GRU (both ``reset_after`` variants; ``gated.cc``): each step's input te
 is written and read back, then all gates' recurrent term in one row matmul against
 ``W_h (units, gates*units)``. Without differentiation the kernel keeps nothing but the
 states; under ``jax.grad`` it also stores each step's gate activations (and the LSTM's
-cell state), from which the backward kernel runs the reverse loop and sums ``dW_h`` and
-``dW_x`` (and the GRU's recurrent bias) per 16-step block, as for the SimpleRNN.
+cell state), from which the backward kernel runs the reverse loop, forms the input's gradient per
+step and sums ``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
+``(time, batch, gates*units)`` gradient array is written out).
 
 What it covers: the three cells (tanh or relu) in float32 or float64, on the CPU
 backend, with masks, initial states, dropout between layers and both directions. Anything
@@ -155,18 +156,15 @@ def _gated_bwd(code, activation, masked, residuals, cotangents):
                     for d, c in zip(d_final, carry))
     h0 = carry[0]
     c0, dc_last = (carry[1], d_final[1]) if code == LSTM else (h0, d_final[0])
-    dx, dh0, dc0, d_wh, d_wx, db_rec = _ffi(
+    d_xs, dh0, dc0, d_wh, d_wx, db_in, db_rec = _ffi(
         "stackrnn_gated_backward",
         tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in
-              (stash[..., :w_h.shape[1]], h0, h0, w_h, w_x, w_h[0])),
-        xs, w_h, h0, c0, mask, hs, stash, d_ys if with_dy else hs, d_final[0], dc_last,
+              (xs, h0, h0, w_h, w_x, w_h[0], w_h[0])),
+        xs, w_x, w_h, h0, c0, mask, hs, stash, d_ys if with_dy else hs, d_final[0], dc_last,
         cell=code, activation=ACTIVATION_CODES[activation], with_dy=with_dy)
-    # The kernel summed H_prev^T dU and X^T dX per block of steps; the input's gradient
-    # is one large matmul.
-    db_in = dx.sum(axis=(0, 1))
     d_bias = jnp.stack([db_in, db_rec]) if code == GRU_AFTER else db_in
     d_carry = (dh0, dc0) if code == LSTM else (dh0,)
-    return d_wx, d_bias, d_wh, d_carry, dx @ w_x.T, None
+    return d_wx, d_bias, d_wh, d_carry, d_xs, None
 
 
 _gated_layer.defvjp(_gated_fwd, _gated_bwd, symbolic_zeros=True)
