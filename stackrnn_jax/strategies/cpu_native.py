@@ -8,24 +8,25 @@ one chunk per thread of XLA's CPU thread pool, each chunk running its steps with
 register-blocked row matmuls and no synchronisation between chunks (chunks are claimed,
 so a call on a busy, shared pool runs unclaimed chunks itself).
 
-SimpleRNN (``simple_rnn.cc``). Forward: ``xw = xs W_x + b`` for all steps (one XLA
-matmul), then the kernel: the states ``hs (time, batch, units)`` (held through masked
+SimpleRNN (``simple_rnn.cc``). Training forward: ``xw = xs W_x + b`` for all steps (one
+XLA matmul), then the kernel: the states ``hs (time, batch, units)`` (held through masked
 steps); outputs ``where(mask, hs, 0)``. Backward (``jax.custom_vjp`` over the whole
 layer): the kernel runs the reverse loop ``da_t = (dh + dy_t) * act'(h_t)``,
 ``dh <- da_t W_h^T`` (``act'`` read off the stored ``h_t``, as ``scan_vjp``) and, every 16
 steps while their rows are still in cache, adds those steps' ``H_prev^T dA`` and
 ``X^T dA`` to ``dW_h`` and ``dW_x``; it returns them with ``dA`` and the initial state's
 gradient. ``db = sum(dA)`` and the input's gradient ``dA W_x^T`` (one large matmul) are
-left to XLA.
+left to XLA. Without differentiation (inference) it runs ``gated.cc``'s kernel instead,
+which forms each step's input term itself, as for the gated cells.
 
 LSTM and GRU (both ``reset_after`` variants; ``gated.cc``): each step's input term
 ``x_t W_x + b`` is formed in the kernel, so no ``(time, batch, gates*units)`` projection
 is written and read back, then all gates' recurrent term in one row matmul against
 ``W_h (units, gates*units)``. Without differentiation the kernel keeps nothing but the
 states; under ``jax.grad`` it also stores each step's gate activations (and the LSTM's
-cell state), from which the backward kernel runs the reverse loop, forms the input's gradient per
-step and sums ``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
-``(time, batch, gates*units)`` gradient array is written out).
+cell state), from which the backward kernel runs the reverse loop, forms the input's
+gradient per step and sums ``dW_h``, ``dW_x`` and the biases' gradients per 16-step
+block (no ``(time, batch, gates*units)`` gradient array is written out).
 
 What it covers: the three cells (tanh or relu) in float32 or float64, on the CPU
 backend, with masks, initial states, dropout between layers and both directions. Anything
