@@ -49,7 +49,8 @@ def rows(result: dict, variant: str) -> list[str]:
             ratio = best[part]["median_s"] / ours[part]["median_s"]
             label = "train step" if part == "train" else "inference"
             out.append(f"| {w['cell']} | {label} | {w['B']} | {w['T']} | {_ms(ours[part])} | "
-                       f"{each} | {PEER_NAMES.get(best['impl'], best['impl'])} | {ratio:.2f}x |")
+                       f"{each} | {PEER_NAMES.get(best['impl'], best['impl'])} "
+                       f"{_ms(best[part])} | {ratio:.2f}x |")
     return out
 
 
@@ -63,7 +64,7 @@ def markdown(paths: list[Path], variant: str) -> str:
         command = " ".join(["python -m bench.run", shlex.join(result["config"]["argv"])])
         parts += [f"### {path}", "", f"Machine: {machine_line(result['machine'])}", "",
                   f"Command: `{command}`", "",
-                  "| cell | part | batch | T | ours ms | peers ms (median) | fastest peer | "
+                  "| cell | part | batch | T | ours ms | peers ms (median) | fastest peer ms | "
                   "peer ÷ ours |", "|---|---|---|---|---|---|---|---|", *rows(result, variant), ""]
     return "\n".join(parts)
 
