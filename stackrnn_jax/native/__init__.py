@@ -28,7 +28,7 @@ from pathlib import Path
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("simple_rnn.cc", "gated.cc"))
 HEADERS = (Path(__file__).with_name("common.h"),)
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"stackrnn_simple_forward": "StackrnnSimpleForward",
            "stackrnn_simple_backward": "StackrnnSimpleBackward",
            "stackrnn_gated_train": "StackrnnGatedTrain",
