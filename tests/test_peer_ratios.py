@@ -47,7 +47,8 @@ def test_ratio_is_the_fastest_peer_over_ours(tmp_path):
 
 
 def test_missing_results_file_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match=r"^peer_ratios: no such results file: .*run python -m bench.run"):
+    with pytest.raises(SystemExit,
+                       match=r"^peer_ratios: no such results file: .*run python -m bench.run"):
         peer_ratios.main([str(tmp_path / "none.json")])
 
 
