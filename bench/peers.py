@@ -356,7 +356,7 @@ def _run_peer(name, w, device, opts, ours_logits, entry):
         ids_in, labels_in = ids, labels
     timing = {"warmup": opts.warmup, "repeats": opts.repeats, "min_repeats": opts.min_repeats,
                   "budget_s": opts.budget_s}
-    for which in ("forward", "train"):
+    for which in ("forward",) if getattr(opts, "forward_only", False) else ("forward", "train"):
         if hasattr(peer, "reset_memory"):
             peer.reset_memory()  # per part, so the train figure is the train step's peak
         info = {}

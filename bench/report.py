@@ -147,11 +147,13 @@ def sweep_table(result, sweep: str, part: str = "train", key: str = "median_s",
                 row.append("")
             elif e["status"] != "ok":
                 row.append(e["status"])
+            elif not e.get(part):  # --forward-only: no train step
+                row.append("-")
             else:
                 x = e[part][key]
                 base = scan[v]
                 rel = ""
-                if base is not None and base["status"] == "ok" and name != "scan":
+                if base is not None and base["status"] == "ok" and base.get(part) and name != "scan":
                     rel = f" ({x / base[part][key]:.2f}x)"
                 row.append(fmt(x) + rel)
         lines.append(f"| {name} | " + " | ".join(row) + " |")

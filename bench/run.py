@@ -28,12 +28,29 @@ def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _base_sizes(text: str) -> dict:
+    sizes = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() not in ("T", "L", "H", "B", "E") or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=INT pairs with NAME in T, L, H, B, E (e.g. T=100,B=256), "
+                f"got {item!r}")
+        sizes[key.strip()] = int(value)
+    return sizes
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default="tutorial,T",
                    help="comma list of tutorial,T,L,H,B,cell or 'all' (default: tutorial,T)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
+    p.add_argument("--base", type=_base_sizes, default={},
+                   help="sizes of the base workload the sweeps vary, e.g. T=100,B=256 "
+                        "(default: the tutorial workload)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time the forward pass (inference) only, no train step")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: bench/results)")
     p.add_argument("--device", default=None,
                    help="JAX platform to run on: cpu, gpu (or cuda), tpu; default: jax.devices()[0]")
@@ -106,7 +123,9 @@ def plan(args):
     """``[(workload, [sweep names], is_tutorial)]`` in run order, each workload once."""
     from bench import workloads as wl
 
-    base = wl.QUICK_BASE if args.quick else wl.TUTORIAL
+    import dataclasses
+
+    base = dataclasses.replace(wl.QUICK_BASE if args.quick else wl.TUTORIAL, **args.base)
     values = dict(wl.QUICK_SWEEP_VALUES if args.quick else wl.SWEEP_VALUES)
     for key, given in (("T", args.T_values), ("L", args.L_values), ("H", args.H_values),
                        ("B", args.B_values)):
@@ -147,7 +166,7 @@ def _header(args, argv, device, variants, base, malloc_kept: bool) -> dict:
                    "sweeps": args.sweeps, "repeats": args.repeats,
                    "min_repeats": args.min_repeats, "warmup": args.warmup,
                    "budget_s": args.budget_s, "loop_max_T": args.loop_max_T,
-                   "parallel_max_T": args.parallel_max_T,
+                   "parallel_max_T": args.parallel_max_T, "forward_only": args.forward_only,
                    "malloc_keep_freed_memory": malloc_kept,
                    "registry": st.registry_names(), "variants": [v.name for v in variants],
                    "peers": args.peer_list, "tutorial": base.as_dict(),

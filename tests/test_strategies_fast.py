@@ -348,7 +348,15 @@ def test_auto_cpu_simple_uses_the_kernels_only_where_they_load(monkeypatch, kern
     strategy, rule = auto.choose("cpu", 2, 500, 32, [64, 64], "simple")
     assert strategy == ("cpu_native" if kernels else "scan_vjp")
     assert rule.needs_native == kernels
-    assert auto.choose("cpu", 2, 500, 32, [64, 64], "lstm")[0] == "fused"  # not for LSTM
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_auto_cpu_gated_uses_the_kernels_below_128_units(monkeypatch, kernels, cell):
+    monkeypatch.setattr(native, "available", lambda: (kernels, "" if kernels else "no c++"))
+    strategy, rule = auto.choose("cpu", 2, 500, 32, [64, 64], cell)
+    assert strategy == ("cpu_native" if kernels else "fused")
+    assert auto.choose("cpu", 2, 500, 32, [256, 256], cell)[0] == "scan_vjp"  # not measured
 
 
 def test_auto_rules_name_registered_strategies():

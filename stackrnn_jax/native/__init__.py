@@ -1,10 +1,11 @@
-"""The compiled CPU kernels (``simple_rnn.cc``): built on first use, cached, registered.
+"""The compiled CPU kernels (``simple_rnn.cc``, ``gated.cc``, sharing ``common.h``): built
+on first use into one library, cached, registered.
 
 The library ships C++ source, not binaries: the first call compiles it with the
 machine's C++ compiler (``$CXX``, else ``c++``) against the XLA FFI headers that come
 with jaxlib, for this CPU (``-march=native``), into a cache folder
 (``$STACKRNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/stackrnn_jax`` or
-``~/.cache/stackrnn_jax``). The file name holds a hash of the source, the flags, the
+``~/.cache/stackrnn_jax``). The file name holds a hash of the sources, the flags, the
 compiler, jaxlib's version and the CPU, so a change to any of them builds anew; the
 library is written to a temporary name and renamed into place, so concurrent first
 uses and interrupted builds never leave a broken file behind.
@@ -28,10 +29,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("simple_rnn.cc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("simple_rnn.cc", "gated.cc"))
+HEADERS = (Path(__file__).with_name("common.h"),)
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"stackrnn_simple_forward": "StackrnnSimpleForward",
-           "stackrnn_simple_backward": "StackrnnSimpleBackward"}
+           "stackrnn_simple_backward": "StackrnnSimpleBackward",
+           "stackrnn_gated_train": "StackrnnGatedTrain",
+           "stackrnn_gated_infer": "StackrnnGatedInfer",
+           "stackrnn_gated_backward": "StackrnnGatedBackward"}
 
 
 class NativeUnavailable(RuntimeError):
@@ -57,19 +62,21 @@ def _cpu_identity() -> str:
 
 def _build(compiler: str, include: str, key: str) -> Path:
     folder = cache_dir()
-    target = folder / f"simple_rnn-{key}.so"
+    target = folder / f"kernels-{key}.so"
     if target.exists():
         return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             partial = Path(scratch) / target.name
-            done = subprocess.run([compiler, *FLAGS, "-isystem", include, str(SOURCE), "-o",
-                                   str(partial)], capture_output=True, text=True)
+            done = subprocess.run([compiler, *FLAGS, "-isystem", include,
+                                   *map(str, SOURCES), "-o", str(partial)],
+                                  capture_output=True, text=True)
             if done.returncode != 0:
                 first = next((line for line in done.stderr.splitlines() if "error" in line),
                              done.stderr.strip().splitlines()[0] if done.stderr.strip() else "")
-                raise NativeUnavailable(f"building {SOURCE.name} with {compiler} failed: {first}")
+                names = " and ".join(source.name for source in SOURCES)
+                raise NativeUnavailable(f"building {names} with {compiler} failed: {first}")
             os.replace(partial, target)  # atomic: a reader sees no file or the whole one
     except OSError as error:
         raise NativeUnavailable(f"cannot write the kernel cache {folder}: {error}; set "
@@ -93,7 +100,8 @@ def load() -> ctypes.CDLL:
                                 f"(the kernels need jax >= 0.5)")
     include = jax.ffi.include_dir()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version,
+    texts = [path.read_text() for path in (*SOURCES, *HEADERS)]
+    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version,
                                     jaxlib.__version__, _cpu_identity()]).encode()).hexdigest()[:16]
     path = _build(compiler, include, key)
     try:

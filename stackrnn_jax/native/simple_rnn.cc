@@ -20,57 +20,19 @@
 // units); W (units, units); dW_x (inputs, units); mask (time, batch) bool. Row-major.
 // activation: 0 tanh, 1 relu.
 
-#include <algorithm>
-#include <atomic>
-#include <memory>
 #include <mutex>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// tanh(x) = (e - 1) / (e + 1), e = e^(2x) = 2^n e^r with |r| <= ln2/2 and a Taylor
-// polynomial for e^r (to r^7 in float32, r^13 in float64: relative error below each
-// type's resolution); x is clamped where tanh has saturated to 1 in the type. Absolute
-// error ~1 ulp of 1 (the relative error of tiny |x| is larger, far below any tolerance
-// the reference checks use). Branch-free and without floor() (which GCC does not
-// vectorise without -fno-trapping-math), so that the loops over a row vectorise;
-// std::tanh is scalar and took ~8x longer here.
-template <typename T> struct TanhConstants;
-template <> struct TanhConstants<float> {
-  using Bits = int32_t;
-  static constexpr float kClamp = 9.0f, kRound = 12582912.0f;  // 1.5 * 2^23
-  static constexpr float kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f;
-  static constexpr int kTerms = 7, kMantissa = 23, kBias = 127;
-};
-template <> struct TanhConstants<double> {
-  using Bits = int64_t;
-  static constexpr double kClamp = 19.0, kRound = 6755399441055744.0;  // 1.5 * 2^52
-  static constexpr double kLn2Hi = 0.6931471803691238, kLn2Lo = 1.9082149292705877e-10;
-  static constexpr int kTerms = 13, kMantissa = 52, kBias = 1023;
-};
-
-template <typename T>
-inline T tanh_of(T x) {
-  using C = TanhConstants<T>;
-  const T y = T(2) * std::min(std::max(x, -C::kClamp), C::kClamp);
-  const T n = (y * T(1.4426950408889634) + C::kRound) - C::kRound;  // round(y / ln 2)
-  const T r = (y - n * C::kLn2Hi) - n * C::kLn2Lo;
-  T p = T(1);
-  for (int k = C::kTerms; k >= 1; --k) p = T(1) + p * (r * (T(1) / T(k)));  // sum r^k / k!
-  const typename C::Bits bits = (static_cast<typename C::Bits>(n) + C::kBias) << C::kMantissa;
-  T scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  const T e = p * scale;
-  return (e - T(1)) / (e + T(1));
-}
+using stackrnn::add_transposed_products;
+using stackrnn::by_dtype;
+using stackrnn::over_rows;
+using stackrnn::tanh_of;
 
 template <typename T>
 void activate(T* row, int64_t n, int64_t activation) {
@@ -145,49 +107,6 @@ void forward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t u
   }
 }
 
-// out (m, n) += sum over segments s of a_s^T d_s, a_s (rows, m) and d_s (rows, n)
-// row-major: a weight gradient (H_prev^T dA or X^T dA) over a block of steps. Output tiles
-// (4 rows by a register tile of columns) stay in registers across the block's rows.
-template <typename T>
-__attribute__((noinline)) void add_transposed_products(const T* const* __restrict a,
-                                                       const T* const* __restrict d,
-                                                       int64_t segments, int64_t rows,
-                                                       T* __restrict out, int64_t m,
-                                                       int64_t n) {
-  constexpr int64_t kTile = 128 / sizeof(T);
-  constexpr int64_t kI = 4;
-  int64_t j0 = 0;
-  for (; j0 + kTile <= n; j0 += kTile) {
-    int64_t i0 = 0;
-    for (; i0 + kI <= m; i0 += kI) {
-      T acc[kI][kTile];
-      for (int64_t i = 0; i < kI; ++i)
-        for (int64_t j = 0; j < kTile; ++j) acc[i][j] = out[(i0 + i) * n + j0 + j];
-      for (int64_t s = 0; s < segments; ++s) {
-        const T* __restrict as = a[s];
-        const T* __restrict ds = d[s];
-        for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t i = 0; i < kI; ++i) {
-            const T x = as[r * m + i0 + i];
-            for (int64_t j = 0; j < kTile; ++j) acc[i][j] += x * ds[r * n + j0 + j];
-          }
-        }
-      }
-      for (int64_t i = 0; i < kI; ++i)
-        for (int64_t j = 0; j < kTile; ++j) out[(i0 + i) * n + j0 + j] = acc[i][j];
-    }
-    for (; i0 < m; ++i0)
-      for (int64_t s = 0; s < segments; ++s)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t j = 0; j < kTile; ++j)
-            out[i0 * n + j0 + j] += a[s][r * m + i0] * d[s][r * n + j0 + j];
-  }
-  for (; j0 < n; ++j0)
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t s = 0; s < segments; ++s)
-        for (int64_t r = 0; r < rows; ++r) out[i * n + j0] += a[s][r * m + i] * d[s][r * n + j0];
-}
-
 template <typename T>
 void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t units,
                    int64_t inputs, const T* hs, const T* h0, const T* xs, const T* dy,
@@ -231,54 +150,15 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
     block_x.push_back(xs + (t * batch + b0) * inputs);                      // X rows
     block_d.push_back(d + b0 * units);
     if (static_cast<int64_t>(block_a.size()) == kBlock || t == 0) {
-      add_transposed_products(block_a.data(), block_d.data(), block_a.size(), b1 - b0, dw,
-                              units, units);
-      add_transposed_products(block_x.data(), block_d.data(), block_x.size(), b1 - b0, dwx,
-                              inputs, units);
+      add_transposed_products(block_a.data(), units, block_d.data(), units,
+                              block_a.size(), b1 - b0, dw, units, units, units);
+      add_transposed_products(block_x.data(), inputs, block_d.data(), units,
+                              block_x.size(), b1 - b0, dwx, units, inputs, units);
       block_a.clear();
       block_x.clear();
       block_d.clear();
     }
   }
-}
-
-// Runs part(begin, end) on chunks of [0, rows), rows being independent recurrences: this
-// thread and up to chunks-1 tasks on XLA's intra-op pool each claim chunks until none is
-// left. The caller then waits only for chunks already claimed, which are running: if the
-// pool is busy (several devices, concurrent calls) and a task has not started, this
-// thread runs its chunk itself, and the late task finds nothing left to claim. The claim
-// counters live on the heap: a late task may start after this call has returned. (Chunks
-// of 4 rows claimed one at a time, to balance a slowed core, measured 10-15% slower.)
-template <typename Part>
-void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
-  // At least 4 rows a chunk (the register block above), at most one chunk a thread.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows / 4, pool.num_threads()));
-  struct Claims {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto claims = std::make_shared<Claims>();
-  auto work = [claims, chunks, rows, &part] {
-    for (int64_t c; (c = claims->next.fetch_add(1)) < chunks;) {
-      part(rows * c / chunks, rows * (c + 1) / chunks);
-      claims->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t c = 1; c < chunks; ++c) pool.Schedule([work] { work(); });
-  work();
-  while (claims->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-}
-
-// Calls run(T{}) with T the C++ type of a float32 or float64 buffer.
-template <typename Run>
-ffi::Error by_dtype(ffi::DataType dtype, Run run) {
-  if (dtype == ffi::DataType::F32) {
-    run(float{});
-  } else if (dtype == ffi::DataType::F64) {
-    run(double{});
-  } else {
-    return ffi::Error::InvalidArgument("stackrnn simple_rnn: float32 or float64 only");
-  }
-  return ffi::Error::Success();
 }
 
 ffi::Error check_shapes(const ffi::AnyBuffer& seq, const ffi::AnyBuffer& state,
@@ -302,7 +182,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer h0, f
   auto dims = xw.dimensions();
   const int64_t time = dims[0], batch = dims[1], units = dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
-  return by_dtype(xw.element_type(), [&](auto type) {
+  return by_dtype(xw.element_type(), "simple_rnn", [&](auto type) {
     using T = decltype(type);
     over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
       forward_rows<T>(b0, b1, time, batch, units, xw.typed_data<T>(), h0.typed_data<T>(),
@@ -347,7 +227,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer h0,
   }
   const int64_t inputs = x_dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
-  return by_dtype(hs.element_type(), [&](auto type) {
+  return by_dtype(hs.element_type(), "simple_rnn", [&](auto type) {
     using T = decltype(type);
     backward_typed<T>(pool, time, batch, units, inputs, hs.typed_data<T>(),
                       h0.typed_data<T>(), xs.typed_data<T>(),

@@ -76,6 +76,9 @@ _CPU_KEEP = "CPU: 2-core AMD EPYC VM, jax 0.10.2, bench.run with --malloc keep"
 # the measured batch and width the sequential strategies sit on the loop's per-step floor
 # (an empty lax.scan iteration: 8.3 us), so their time cannot drop much further there.
 _GPU = "GPU: NVIDIA H100 80GB HBM3, jax 0.11.2"
+# python -m bench.run --sweep cell --cells lstm,gru --strategies cpu_native,fused,scan_vjp,scan
+# --peers none --repeats 5 --budget-s 1.5 (its results.json says the machine and date).
+_CPU_RUN = "CPU: 2-core Intel Xeon VM (shared), jax 0.10.2, bench.run --malloc keep"
 # No rule picks "pallas" (each layer's time loop in one Pallas kernel): it has no GPU
 # measurement yet; scripts/gpu_check.sh, stage pallas, takes the figures a rule would cite.
 
@@ -91,6 +94,17 @@ RULES: tuple[Rule, ...] = (
              f"170, 2x32 9.6 vs 18.9, 2x128 61 vs 105, 2x256 208 vs 256, batch 1 2.6 vs 3.4, "
              f"batch 8 7.7 vs 11.1, batch 128 137 vs 168, batch 512 606 vs 611 "
              f"[{_CPU_KEEP}]"),
+    Rule("cpu_native", backends=("cpu",), cells=("lstm", "gru"), units=(1, 127),
+         needs_native=True,
+         why=f"LSTM and GRU: each layer's time loop in one compiled call (gated.cc), all "
+             f"gates in one row matmul, the rows split over the cores; 2x64, T 500, batch "
+             f"32, side by side with fused, scan_vjp and scan (bench/results/"
+             f"cpu-native-gated/rules-train-b32, a shared machine at load ~10-17 on 2 "
+             f"cores, so noisy): LSTM train step 1073 vs 1388 vs 1551 vs 2054 ms, forward "
+             f"237 vs 473 vs 792 vs 675; GRU train 529 vs 1134 vs 1580 vs 632, forward "
+             f"148 vs 533 vs 682 vs 738 (that run's backward still wrote dX out; it no longer "
+             f"does). Widths of 128 and up were not measured: scan_vjp's rule keeps them "
+             f"[{_CPU_RUN}]"),
     Rule("scan_vjp", backends=("cpu",), cells=("simple",),
          why=f"SimpleRNN: the hand-scheduled backward pass carries only the state cotangent "
              f"and forms the weight gradients after the loop as single large matmuls; "

@@ -1,29 +1,39 @@
-"""``"cpu_native"``: each SimpleRNN layer's whole time loop in one compiled CPU call.
+"""``"cpu_native"``: each layer's whole time loop in one compiled CPU call.
 
-XLA runs a scan step's ``(batch, units) @ (units, units)`` matmul on one core, inside a
-loop iteration's bookkeeping, at ~38 GFLOP/s on the development CPU
-(``bench/loop_overhead.py``). The kernels in ``native/simple_rnn.cc`` run all ``T`` steps
-of a layer in one XLA FFI call: the batch rows are independent recurrences, so they are
-split into one chunk per thread of XLA's CPU thread pool, each chunk running its steps
-with register-blocked row matmuls and no synchronisation between chunks (chunks are
-claimed, so a call on a busy, shared pool runs unclaimed chunks itself).
+XLA runs a scan step's ``(batch, units) @ (units, gates*units)`` matmul on one core,
+inside a loop iteration's bookkeeping, at ~38 GFLOP/s on the development CPU
+(``bench/loop_overhead.py``). The kernels in ``native/`` run all ``T`` steps of a layer
+in one XLA FFI call: the batch rows are independent recurrences, so they are split into
+one chunk per thread of XLA's CPU thread pool, each chunk running its steps with
+register-blocked row matmuls and no synchronisation between chunks (chunks are claimed,
+so a call on a busy, shared pool runs unclaimed chunks itself).
 
-Forward: ``xw = xs W_x + b`` for all steps (one XLA matmul), then the kernel: the states
-``hs (time, batch, units)`` (held through masked steps); outputs ``where(mask, hs, 0)``.
-Backward (``jax.custom_vjp`` over the whole layer): the kernel runs the reverse loop
-``da_t = (dh + dy_t) * act'(h_t)``, ``dh <- da_t W_h^T`` (``act'`` read off the stored
-``h_t``, as ``scan_vjp``) and, every 16 steps while their rows are still in cache, adds
-those steps' ``H_prev^T dA`` and ``X^T dA`` to ``dW_h`` and ``dW_x``; it returns them with
-``dA`` and the initial state's gradient. ``db = sum(dA)`` and the input's gradient
-``dA W_x^T`` (one large matmul) are left to XLA.
+SimpleRNN (``simple_rnn.cc``). Training forward: ``xw = xs W_x + b`` for all steps (one
+XLA matmul), then the kernel: the states ``hs (time, batch, units)`` (held through masked
+steps); outputs ``where(mask, hs, 0)``. Backward (``jax.custom_vjp`` over the whole
+layer): the kernel runs the reverse loop ``da_t = (dh + dy_t) * act'(h_t)``,
+``dh <- da_t W_h^T`` (``act'`` read off the stored ``h_t``, as ``scan_vjp``) and, every 16
+steps while their rows are still in cache, adds those steps' ``H_prev^T dA`` and
+``X^T dA`` to ``dW_h`` and ``dW_x``; it returns them with ``dA`` and the initial state's
+gradient. ``db = sum(dA)`` and the input's gradient ``dA W_x^T`` (one large matmul) are
+left to XLA. Without differentiation (inference) it runs ``gated.cc``'s kernel instead,
+which forms each step's input term itself, as for the gated cells.
 
-What it covers: the SimpleRNN (tanh or relu) in float32 or float64, on the CPU backend,
-with masks, initial states, dropout between layers and both directions. Anything else —
-LSTM and GRU layers, other dtypes, a GPU or TPU default backend, or a machine where the
-kernels cannot be built (``native.available()`` says why; one warning per process) —
-runs as ``"scan_vjp"``, which gives the same numbers. Forward-mode differentiation
-(``jax.jvp``) is not supported (a ``custom_vjp``); ``jax.vmap`` runs the kernel once per
-mapped element.
+LSTM and GRU (both ``reset_after`` variants; ``gated.cc``): each step's input term
+``x_t W_x + b`` is formed in the kernel, so no ``(time, batch, gates*units)`` projection
+is written and read back, then all gates' recurrent term in one row matmul against
+``W_h (units, gates*units)``. Without differentiation the kernel keeps nothing but the
+states; under ``jax.grad`` it also stores each step's gate activations (and the LSTM's
+cell state), from which the backward kernel runs the reverse loop, forms the input's
+gradient per step and sums ``dW_h``, ``dW_x`` and the biases' gradients per 16-step
+block (no ``(time, batch, gates*units)`` gradient array is written out).
+
+What it covers: the three cells (tanh or relu) in float32 or float64, on the CPU
+backend, with masks, initial states, dropout between layers and both directions. Anything
+else — other dtypes, a GPU or TPU default backend, or a machine where the kernels cannot
+be built (``native.available()`` says why; one warning per process) — runs as
+``"scan_vjp"``, which gives the same numbers. Forward-mode differentiation (``jax.jvp``)
+is not supported (a ``custom_vjp``); ``jax.vmap`` runs the kernel once per mapped element.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ from stackrnn_jax.strategies.registry import register
 
 ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
 DTYPES = (jnp.float32, jnp.float64)
+LSTM, GRU_AFTER, GRU_BEFORE, SIMPLE = 0, 1, 2, 3   # gated.cc's ``cell`` attribute
+STASH_WIDTH = {LSTM: 5, GRU_AFTER: 4, GRU_BEFORE: 4}  # stored values per unit and step
 
 
 def _ffi(name, outputs, *args, **attributes):
@@ -63,8 +75,12 @@ def _layer(activation, masked, w_x, b, w_h, h0, xs, mask):
     """One layer: ``w_x (inputs, units)``, ``b (units,)``, ``w_h (units, units)``,
     ``h0 (batch, units)``, ``xs (time, batch, inputs)``, ``mask (time, batch)`` bool (all
     True when not ``masked``) -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` and the
-    carry after the last step (``hs[-1]``)."""
-    return _forward(activation, masked, w_x, b, w_h, h0, xs, mask)[0]
+    carry after the last step (``hs[-1]``). Without differentiation it runs gated.cc's
+    inference kernel, which forms each step's input term itself (no hoisted
+    ``(time, batch, units)`` projection written and read back)."""
+    ys, (final,) = _gated_forward(SIMPLE, activation, masked, False, w_x, b, w_h, (h0,), xs,
+                                  mask)[0]
+    return ys, final
 
 
 def _layer_fwd(activation, masked, w_x, b, w_h, h0, xs, mask):
@@ -95,9 +111,69 @@ def _layer_bwd(activation, masked, residuals, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
+def _gated_forward(code, activation, masked, train, w_x, bias, w_h, carry, xs, mask):
+    """``(ys, final), (hs, stash)``; the stash (what the backward kernel reads) only when
+    ``train``, else None."""
+    b_in, b_rec = (bias[0], bias[1]) if code == GRU_AFTER else (bias, jnp.zeros_like(bias))
+    h0 = carry[0]
+    c0 = carry[1] if code == LSTM else h0  # a GRU's c0 is not read
+    time, batch = xs.shape[:2]
+    units = h0.shape[-1]
+    shapes = [jax.ShapeDtypeStruct((time, batch, units), xs.dtype),
+              jax.ShapeDtypeStruct((batch, units), xs.dtype)]
+    if train:
+        shapes.append(jax.ShapeDtypeStruct((time, batch, STASH_WIDTH[code] * units), xs.dtype))
+    outputs = _ffi("stackrnn_gated_train" if train else "stackrnn_gated_infer", tuple(shapes),
+                   xs, w_x, b_in, w_h, b_rec, h0, c0, mask, cell=code,
+                   activation=ACTIVATION_CODES[activation])
+    hs, c_last = outputs[:2]
+    final = (hs[-1], c_last) if code == LSTM else (hs[-1],)
+    ys = jnp.where(mask[..., None], hs, jnp.zeros_like(hs)) if masked else hs
+    return (ys, final), (hs, outputs[2] if train else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _gated_layer(code, activation, masked, w_x, bias, w_h, carry, xs, mask):
+    """One LSTM (``code`` 0) or GRU layer (1: reset_after, 2: reset_before):
+    ``w_x (inputs, G*units)``, ``bias`` (Keras layout), ``w_h (units, G*units)``, ``carry``
+    ``(h0,)`` or ``(h0, c0)`` each ``(batch, units)``, ``xs (time, batch, inputs)``, ``mask
+    (time, batch)`` bool -> ``(ys, final carry)``."""
+    return _gated_forward(code, activation, masked, False, w_x, bias, w_h, carry, xs, mask)[0]
+
+
+def _gated_fwd(code, activation, masked, w_x, bias, w_h, carry, xs, mask):
+    w_x, bias, w_h, xs, mask = (p.value for p in (w_x, bias, w_h, xs, mask))
+    carry = tuple(p.value for p in carry)
+    outputs, (hs, stash) = _gated_forward(code, activation, masked, True, w_x, bias, w_h,
+                                          carry, xs, mask)
+    return outputs, (w_x, w_h, carry, xs, hs, stash, mask)
+
+
+def _gated_bwd(code, activation, masked, residuals, cotangents):
+    w_x, w_h, carry, xs, hs, stash, mask = residuals
+    d_ys, d_final = cotangents
+    with_dy = not isinstance(d_ys, SymbolicZero)
+    d_final = tuple(jnp.zeros_like(c) if isinstance(d, SymbolicZero) else d
+                    for d, c in zip(d_final, carry))
+    h0 = carry[0]
+    c0, dc_last = (carry[1], d_final[1]) if code == LSTM else (h0, d_final[0])
+    d_xs, dh0, dc0, d_wh, d_wx, db_in, db_rec = _ffi(
+        "stackrnn_gated_backward",
+        tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in
+              (xs, h0, h0, w_h, w_x, w_h[0], w_h[0])),
+        xs, w_x, w_h, h0, c0, mask, hs, stash, d_ys if with_dy else hs, d_final[0], dc_last,
+        cell=code, activation=ACTIVATION_CODES[activation], with_dy=with_dy)
+    d_bias = jnp.stack([db_in, db_rec]) if code == GRU_AFTER else db_in
+    d_carry = (dh0, dc0) if code == LSTM else (dh0,)
+    return d_wx, d_bias, d_wh, d_carry, d_xs, None
+
+
+_gated_layer.defvjp(_gated_fwd, _gated_bwd, symbolic_zeros=True)
+
+
 def covers(cell, dtype) -> bool:
     """Whether a layer of ``cell`` in ``dtype`` runs in the kernel (else as scan_vjp)."""
-    return (cell.name == "simple" and cell.activation in ACTIVATION_CODES
+    return (cell.name in ("simple", "lstm", "gru") and cell.activation in ACTIVATION_CODES
             and jnp.dtype(dtype) in map(jnp.dtype, DTYPES)
             and jax.default_backend() == "cpu" and native.warn_unavailable())
 
@@ -105,16 +181,20 @@ def covers(cell, dtype) -> bool:
 def run_layer(cell, params, xs, mask, carry, *, unroll=1):
     """One layer over its input ``xs (time, batch, features)``; ``mask (time, batch, 1)`` or
     None. The layer's custom VJP spans the projection too, so that the backward kernel
-    also forms ``dW_x``."""
+    also forms ``dW_x`` (the gated kernels also form the projection itself)."""
     dtype = jnp.result_type(xs, carry[0], params["recurrent_kernel"])
     if not covers(cell, dtype):
         return scan_vjp.run_layer(cell, params, cell.project(params, xs), mask, carry,
                                   unroll=unroll)
     steps = jnp.ones(xs.shape[:2], bool) if mask is None else mask[..., 0]
     weights = (params[k].astype(dtype) for k in ("kernel", "bias", "recurrent_kernel"))
-    ys, final = _layer(cell.activation, mask is not None, *weights, carry[0].astype(dtype),
-                       xs.astype(dtype), steps)
-    return ys, (final,)
+    if cell.name == "simple":
+        ys, final = _layer(cell.activation, mask is not None, *weights, carry[0].astype(dtype),
+                           xs.astype(dtype), steps)
+        return ys, (final,)
+    code = LSTM if cell.name == "lstm" else (GRU_AFTER if cell.reset_after else GRU_BEFORE)
+    return _gated_layer(code, cell.activation, mask is not None, *weights,
+                        tuple(c.astype(dtype) for c in carry), xs.astype(dtype), steps)
 
 
 run_stack = register("cpu_native", layer_by_layer(run_layer, projected=False))

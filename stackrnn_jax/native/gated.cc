@@ -1,0 +1,644 @@
+// The LSTM and GRU recurrences as one CPU call per layer and direction (XLA FFI).
+//
+// As simple_rnn.cc: the batch rows are split into one chunk per thread of XLA's intra-op
+// pool, each chunk running all T steps on its own. Each step forms the input term
+// b_in + x_t W_x for its rows in the kernel (a register-blocked row matmul against
+// W_x (inputs, G*units)), so no hoisted (time, batch, G*units) projection is written to
+// memory and read back; then the G gates' recurrent term in one row matmul against
+// W_h (units, G*units), then the gates elementwise (vectorised sigmoid and tanh).
+//
+// cell 0, LSTM (gates i f c o):  z = b + x W_x + h W_h; i, f, o = sigmoid; g = act(z_c);
+//   c_t = f c + i g; h_t = o act(c_t).
+// cell 1, GRU reset_after (gates z r n):  xw = b_in + x W_x, u = h W_h + b_rec;
+//   z = sigmoid(xw_z + u_z), r = sigmoid(xw_r + u_r), n = act(xw_n + r u_n).
+// cell 2, GRU reset_before:  z, r from xw + h W_h[:, :2u]; n = act(xw_n + (r h) W_h[:, 2u:]).
+// GRU: h_t = z h + (1 - z) n. cell 3: the SimpleRNN, inference only (h_t = act(z), z as
+// the LSTM's with G = 1). Where mask[t, b] is false the carry is held (outputs are
+// masked by the caller), as common.masked_step.
+//
+// Training forward also stores, per step and row, what the backward pass reads
+// (stash (time, batch, S*units)): LSTM [i f g o c_t] (S 5), GRU [z r n u_n] (after) or
+// [z r n r*h] (before) (S 4). Backward, from the stash, per step in reverse: dX (the
+// cotangent of the step's input term), the recurrent term's cotangent dU (= dX except GRU
+// reset_after's candidate block, r * dn), dh <- dU W_h^T (+ the direct paths) and the
+// input's gradient dxs = dX W_x^T; dW_h = H_prev^T dU, dW_x = X^T dX, db_in = sum dX and
+// db_rec = sum dU (GRU reset_after) summed every 16 steps while their rows are in cache.
+// dX and dU are never written out whole: a (time, batch, G*units) temporary less, which
+// also keeps XLA's per-call temporaries under glibc's mmap limits (see allocator.py).
+//
+// Shapes: xs (time, batch, inputs); W_x (inputs, G*u); b_in, b_rec (G*u); W_h (u, G*u);
+// h0, c0, c_last, dh, dc (batch, u) (GRU: c0 unused, c_last and dc0 zero); hs, dy (time,
+// batch, u); mask (time, batch) bool. Row-major. activation: 0 tanh, 1 relu.
+
+#include <mutex>
+#include <vector>
+
+#include "common.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using stackrnn::add_transposed_products;
+using stackrnn::by_dtype;
+using stackrnn::over_rows;
+using stackrnn::sigmoid_of;
+using stackrnn::tanh_of;
+
+// kSimple: the SimpleRNN's inference (its training runs in simple_rnn.cc), here so that
+// its input term is formed per step too.
+enum Cell : int64_t { kLstm = 0, kGruAfter = 1, kGruBefore = 2, kSimple = 3 };
+
+int64_t gates_of(int64_t cell) { return cell == kLstm ? 4 : cell == kSimple ? 1 : 3; }
+int64_t stash_of(int64_t cell) { return cell == kLstm ? 5 : cell == kSimple ? 1 : 4; }
+
+template <int kAct, typename T>
+inline T act(T x) {
+  if constexpr (kAct == 0) return tanh_of(x);
+  return x > T(0) ? x : T(0);
+}
+
+// act'(x) from y = act(x): tanh 1 - y^2, relu y > 0.
+template <int kAct, typename T>
+inline T act_grad(T y) {
+  if constexpr (kAct == 0) return T(1) - y * y;
+  return y > T(0) ? T(1) : T(0);
+}
+
+// For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
+// add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
+// null, or out itself: out += v w). Columns in tiles of a compile-time width held in
+// registers across the k loop, R rows at a time so that each loaded tile of w serves R
+// rows; the tail columns one by one. Not inlined (see simple_rnn.cc: inlined, the tile
+// left the registers). add and out are not __restrict: they may be one array, and out is
+// written only after the k loop.
+template <typename T, int R>
+__attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
+                                          const T* __restrict w, int64_t lw, const T* add,
+                                          int64_t la, T* out, int64_t lo, int64_t depth,
+                                          int64_t n) {
+  constexpr int64_t kTile = 128 / sizeof(T);  // two 64-byte vectors
+  int64_t j0 = 0;
+  for (; j0 + kTile <= n; j0 += kTile) {
+    T acc[R][kTile];
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < kTile; ++j) acc[r][j] = add ? add[r * la + j0 + j] : T(0);
+    for (int64_t k = 0; k < depth; ++k) {
+      const T* __restrict wk = w + k * lw + j0;
+      for (int r = 0; r < R; ++r) {
+        const T a = v[r * lv + k];
+        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < kTile; ++j) out[r * lo + j0 + j] = acc[r][j];
+  }
+  for (; j0 < n; ++j0) {
+    for (int r = 0; r < R; ++r) {
+      T acc = add ? add[r * la + j0] : T(0);
+      for (int64_t k = 0; k < depth; ++k) acc += v[r * lv + k] * w[k * lw + j0];
+      out[r * lo + j0] = acc;
+    }
+  }
+}
+
+// rows_times over `rows` rows: four at a time, then one.
+template <typename T>
+void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
+                 int64_t la, T* out, int64_t lo, int64_t depth, int64_t n) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    rows_times<T, 4>(v + r * lv, lv, w, lw, add ? add + r * la : nullptr, la, out + r * lo, lo,
+                     depth, n);
+  for (; r < rows; ++r)
+    rows_times<T, 1>(v + r * lv, lv, w, lw, add ? add + r * la : nullptr, la, out + r * lo, lo,
+                     depth, n);
+}
+
+// The gates of one row, elementwise. Each its own function with __restrict arguments:
+// inlined into the step loop, where the rows share arrays, GCC did not vectorise them
+// (the step's elementwise work then took twice the time of its matmuls).
+
+// SimpleRNN: h_t = act(z).
+template <typename T, int kAct>
+__attribute__((noinline)) void simple_output(const T* __restrict z, T* __restrict h, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) h[j] = act<kAct>(z[j]);
+}
+
+// LSTM: z [i f g o] pre-activations in, activations out; c_t and h_t from c_{t-1}.
+template <typename T, int kAct>
+__attribute__((noinline)) void lstm_gates(T* __restrict z, const T* __restrict cp,
+                                          T* __restrict c, T* __restrict h, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T i = sigmoid_of(z[j]), f = sigmoid_of(z[u + j]);
+    const T gg = act<kAct>(z[2 * u + j]), o = sigmoid_of(z[3 * u + j]);
+    const T cn = f * cp[j] + i * gg;
+    z[j] = i;
+    z[u + j] = f;
+    z[2 * u + j] = gg;
+    z[3 * u + j] = o;
+    c[j] = cn;
+    h[j] = o * act<kAct>(cn);
+  }
+}
+
+// GRU reset_after: x [xw_z xw_r xw_n] in, [z r n u_n] out; rec = h W_h + b_rec.
+template <typename T, int kAct>
+__attribute__((noinline)) void gru_after_gates(T* __restrict x, const T* __restrict rec,
+                                               const T* __restrict hp, T* __restrict h,
+                                               int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T z = sigmoid_of(x[j] + rec[j]), r = sigmoid_of(x[u + j] + rec[u + j]);
+    const T n = act<kAct>(x[2 * u + j] + r * rec[2 * u + j]);
+    x[j] = z;
+    x[u + j] = r;
+    x[2 * u + j] = n;
+    x[3 * u + j] = rec[2 * u + j];
+    h[j] = z * hp[j] + (T(1) - z) * n;
+  }
+}
+
+// GRU reset_before, before the candidate's matmul: z, r and r * h_{t-1} into x.
+template <typename T>
+__attribute__((noinline)) void gru_before_gates(T* __restrict x, const T* __restrict rec,
+                                                const T* __restrict hp, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T z = sigmoid_of(x[j] + rec[j]), r = sigmoid_of(x[u + j] + rec[u + j]);
+    x[j] = z;
+    x[u + j] = r;
+    x[3 * u + j] = r * hp[j];
+  }
+}
+
+// GRU reset_before, after it: x's candidate column holds xw_n + (r h) W_h[:, 2u:].
+template <typename T, int kAct>
+__attribute__((noinline)) void gru_before_output(T* __restrict x, const T* __restrict hp,
+                                                 T* __restrict h, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T n = act<kAct>(x[2 * u + j]);
+    x[2 * u + j] = n;
+    h[j] = x[j] * hp[j] + (T(1) - x[j]) * n;
+  }
+}
+
+template <typename T>
+struct Layer {
+  int64_t time, batch, units, inputs, cell;
+  const T *xs, *w_x, *b_in, *w_h, *b_rec, *h0, *c0;
+  const bool* mask;
+};
+
+// Rows [b0, b1) of the forward pass: hs, the final cell state (LSTM) and, when stash is
+// not null, the stash.
+template <typename T, int kAct>
+void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash) {
+  const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
+  const int64_t rows = b1 - b0, step = L.batch * u;
+  // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
+  // previous step's and this one's) live here.
+  std::vector<T> gates(stash ? 0 : rows * s), rec(rows * g);
+  std::vector<T> cells[2] = {std::vector<T>(stash ? 0 : rows * u),
+                             std::vector<T>(stash ? 0 : rows * u)};
+  for (int64_t t = 0; t < L.time; ++t) {
+    const T* hp = (t == 0 ? L.h0 : hs + (t - 1) * step) + b0 * u;
+    T* h = hs + t * step + b0 * u;
+    T* st = stash ? stash + (t * L.batch + b0) * s : gates.data();
+    const bool* m = L.mask + t * L.batch + b0;
+    // The input term b_in + x_t W_x, into the stash's first G*u columns.
+    block_times(rows, L.xs + (t * L.batch + b0) * L.inputs, L.inputs, L.w_x, g, L.b_in, 0,
+                st, s, L.inputs, g);
+    if (L.cell == kSimple) {
+      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
+      for (int64_t r = 0; r < rows; ++r) {
+        if (m[r]) {
+          simple_output<T, kAct>(st + r * s, h + r * u, u);
+        } else {
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
+        }
+      }
+    } else if (L.cell == kLstm) {
+      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
+      // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
+      const int64_t lc = stash ? s : u;
+      const T* cp = t == 0 ? L.c0 + b0 * u
+                           : stash ? st - L.batch * s + 4 * u : cells[(t - 1) % 2].data();
+      const int64_t lcp = t == 0 ? u : lc;
+      T* c = stash ? st + 4 * u : cells[t % 2].data();
+      for (int64_t r = 0; r < rows; ++r) {
+        if (m[r]) {
+          lstm_gates<T, kAct>(st + r * s, cp + r * lcp, c + r * lc, h + r * u, u);
+        } else {  // the carry is held
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
+          std::copy(cp + r * lcp, cp + r * lcp + u, c + r * lc);
+        }
+      }
+      if (t == L.time - 1)
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy(c + r * lc, c + r * lc + u, c_last + (b0 + r) * u);
+    } else if (L.cell == kGruAfter) {
+      block_times(rows, hp, u, L.w_h, g, L.b_rec, 0, rec.data(), g, u, g);  // h W_h + b_rec
+      for (int64_t r = 0; r < rows; ++r) {
+        if (m[r]) {
+          gru_after_gates<T, kAct>(st + r * s, rec.data() + r * g, hp + r * u, h + r * u, u);
+        } else {
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
+        }
+      }
+    } else {
+      block_times(rows, hp, u, L.w_h, g, static_cast<const T*>(nullptr), 0, rec.data(), g, u,
+                  2 * u);  // h W_h[:, :2u]
+      for (int64_t r = 0; r < rows; ++r)
+        gru_before_gates<T>(st + r * s, rec.data() + r * g, hp + r * u, u);
+      // xw_n + (r h) W_h[:, 2u:], in place.
+      block_times(rows, st + 3 * u, s, L.w_h + 2 * u, g, st + 2 * u, s, st + 2 * u, s, u, u);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (m[r]) {
+          gru_before_output<T, kAct>(st + r * s, hp + r * u, h + r * u, u);
+        } else {
+          std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
+        }
+      }
+    }
+  }
+  if (L.cell != kLstm) {
+    std::fill(c_last + b0 * u, c_last + b1 * u, T(0));
+  } else if (L.time == 0) {
+    std::copy(L.c0 + b0 * u, L.c0 + b1 * u, c_last + b0 * u);
+  }
+}
+
+// The backward pass's elementwise work for one row (noinline with __restrict, as above).
+// total: the gradient reaching h_t. LSTM: dX [di df dg do] (pre-activation) and dc <- the
+// gradient reaching c_{t-1}.
+template <typename T, int kAct>
+__attribute__((noinline)) void lstm_grads(const T* __restrict x, const T* __restrict cp,
+                                          const T* __restrict total, T* __restrict dc,
+                                          T* __restrict dx, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T i = x[j], f = x[u + j], gg = x[2 * u + j], o = x[3 * u + j];
+    const T a = act<kAct>(x[4 * u + j]);
+    const T dct = dc[j] + total[j] * o * act_grad<kAct>(a);
+    dx[j] = dct * gg * i * (T(1) - i);
+    dx[u + j] = dct * cp[j] * f * (T(1) - f);
+    dx[2 * u + j] = dct * i * act_grad<kAct>(gg);
+    dx[3 * u + j] = total[j] * a * o * (T(1) - o);
+    dc[j] = dct * f;
+  }
+}
+
+// GRU: dX [dz dr dn] (pre-activation; reset_before's dr is formed later, from d(r h)),
+// reset_after's dU = [dz dr r*dn], and dh <- the direct path z * total.
+template <typename T, int kAct, bool kAfter>
+__attribute__((noinline)) void gru_grads(const T* __restrict x, const T* __restrict hp,
+                                         const T* __restrict total, T* __restrict dh,
+                                         T* __restrict dx, T* __restrict du, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T z = x[j], n = x[2 * u + j];
+    const T dn = total[j] * (T(1) - z) * act_grad<kAct>(n);
+    const T dz = total[j] * (hp[j] - n) * z * (T(1) - z);
+    dx[j] = dz;
+    dx[2 * u + j] = dn;
+    dh[j] = total[j] * z;
+    if constexpr (kAfter) {
+      const T r = x[u + j];
+      const T dr = dn * x[3 * u + j] * r * (T(1) - r);
+      dx[u + j] = dr;
+      du[j] = dz;
+      du[u + j] = dr;
+      du[2 * u + j] = dn * r;
+    }
+  }
+}
+
+// GRU reset_before: from d(r h) = dn W_h[:, 2u:]^T, r's gradient and the path through r h.
+template <typename T>
+__attribute__((noinline)) void gru_before_grads(const T* __restrict x, const T* __restrict hp,
+                                                const T* __restrict d_rh, T* __restrict dh,
+                                                T* __restrict dx, int64_t u) {
+  for (int64_t j = 0; j < u; ++j) {
+    const T r = x[u + j];
+    dx[u + j] = d_rh[j] * hp[j] * r * (T(1) - r);
+    dh[j] += d_rh[j] * r;
+  }
+}
+
+template <typename T>
+struct Grads {
+  const T *hs, *stash, *dy, *dh_last, *dc_last;
+  const T *w_t, *w_xt;  // W_h^T (G*u, u) and W_x^T (G*u, inputs)
+  T *dxs, *dh, *dc;
+};
+
+// Rows [b0, b1) of the backward pass: dxs = dX W_x^T and dh0 (dc0); adds this chunk's
+// weight gradients to dw_h (u, G*u), dw_x (inputs, G*u), db_in and db_rec (G*u). dX and
+// dU live only for a block of steps (a ring of kBlock steps' rows): the weight gradients
+// are summed from them per block, the input's gradient per step.
+template <typename T, int kAct>
+void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1, T* dw_h,
+                   T* dw_x, T* db_in, T* db_rec) {
+  const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
+  const int64_t rows = b1 - b0, step = L.batch * u;
+  constexpr int64_t kBlock = 16;  // steps per weight-gradient update: rows still in cache
+  const bool lstm = L.cell == kLstm, after = L.cell == kGruAfter;
+  std::vector<T> product(rows * u), total(u);
+  std::vector<T> ring_x(kBlock * rows * g), ring_u(after ? kBlock * rows * g : 0);
+  std::vector<const T*> block_h, block_x, block_d, block_u, block_rh;
+  T* dh = D.dh + b0 * u;
+  T* dc = D.dc + b0 * u;
+  std::copy(D.dh_last + b0 * u, D.dh_last + b1 * u, dh);
+  if (lstm) std::copy(D.dc_last + b0 * u, D.dc_last + b1 * u, dc);
+  for (int64_t t = L.time - 1; t >= 0; --t) {
+    const T* hp = (t == 0 ? L.h0 : D.hs + (t - 1) * step) + b0 * u;
+    const T* st = D.stash + (t * L.batch + b0) * s;
+    const bool* m = L.mask + t * L.batch + b0;
+    T* dx = ring_x.data() + block_h.size() * rows * g;
+    T* du = after ? ring_u.data() + block_h.size() * rows * g : dx;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* dxr = dx + r * g;
+      T* dur = du + r * g;
+      if (!m[r]) {  // a masked step passes dh (and dc) through
+        std::fill(dxr, dxr + g, T(0));
+        if (after) std::fill(dur, dur + g, T(0));
+        continue;
+      }
+      // The gradient reaching h_t: through the carry, plus the output's own (when given).
+      T* dhr = dh + r * u;
+      const T* dyr = D.dy ? D.dy + t * step + (b0 + r) * u : nullptr;
+      for (int64_t j = 0; j < u; ++j) total[j] = dhr[j] + (dyr ? dyr[j] : T(0));
+      const T* x = st + r * s;
+      if (lstm) {
+        const T* cp = t == 0 ? L.c0 + (b0 + r) * u : x - L.batch * s + 4 * u;
+        lstm_grads<T, kAct>(x, cp, total.data(), dc + r * u, dxr, u);
+      } else if (after) {
+        gru_grads<T, kAct, true>(x, hp + r * u, total.data(), dhr, dxr, dur, u);
+      } else {
+        gru_grads<T, kAct, false>(x, hp + r * u, total.data(), dhr, dxr, nullptr, u);
+      }
+    }
+    if (L.cell == kGruBefore) {
+      block_times(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u, static_cast<const T*>(nullptr),
+                  0, product.data(), u, u, u);
+      for (int64_t r = 0; r < rows; ++r)
+        if (m[r])
+          gru_before_grads<T>(st + r * s, hp + r * u, product.data() + r * u, dh + r * u,
+                              dx + r * g, u);
+    }
+    // dh <- dU W_h^T (GRU: added to the direct paths); GRU reset_before: z and r only.
+    const int64_t depth = L.cell == kGruBefore ? 2 * u : g;
+    block_times(rows, du, g, D.w_t, u, static_cast<const T*>(nullptr), 0, product.data(), u,
+                depth, u);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!m[r]) continue;
+      const T* prr = product.data() + r * u;
+      T* dhr = dh + r * u;
+      if (lstm) {
+        std::copy(prr, prr + u, dhr);
+      } else {
+        for (int64_t j = 0; j < u; ++j) dhr[j] += prr[j];
+      }
+    }
+    // The input's gradient (masked rows: dX is zero there).
+    block_times(rows, dx, g, D.w_xt, L.inputs, static_cast<const T*>(nullptr), 0,
+                D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g, L.inputs);
+    block_h.push_back(hp);
+    block_x.push_back(L.xs + (t * L.batch + b0) * L.inputs);
+    block_d.push_back(dx);
+    block_u.push_back(du);
+    block_rh.push_back(st + 3 * u);
+    if (static_cast<int64_t>(block_h.size()) == kBlock || t == 0) {
+      const int64_t n = block_h.size();
+      add_transposed_products(block_x.data(), L.inputs, block_d.data(), g, n, rows, dw_x, g,
+                              L.inputs, g);
+      for (const T* d : block_d)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t j = 0; j < g; ++j) db_in[j] += d[r * g + j];
+      if (L.cell == kGruBefore) {
+        add_transposed_products(block_h.data(), u, block_d.data(), g, n, rows, dw_h, g, u,
+                                2 * u);
+        for (auto& d : block_d) d += 2 * u;  // the candidate's columns, against r * h
+        add_transposed_products(block_rh.data(), s, block_d.data(), g, n, rows, dw_h + 2 * u,
+                                g, u, u);
+      } else {
+        add_transposed_products(block_h.data(), u, block_u.data(), g, n, rows, dw_h, g, u, g);
+      }
+      if (after)
+        for (const T* d : block_u)
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t j = 0; j < g; ++j) db_rec[j] += d[r * g + j];
+      block_h.clear();
+      block_x.clear();
+      block_d.clear();
+      block_u.clear();
+      block_rh.clear();
+    }
+  }
+  if (!lstm) std::fill(dc, dc + rows * u, T(0));
+}
+
+// Calls run(std::integral_constant<int, kAct>) for the activation code.
+template <typename Run>
+void by_activation(int64_t activation, Run run) {
+  if (activation == 0) {
+    run(std::integral_constant<int, 0>{});
+  } else {
+    run(std::integral_constant<int, 1>{});
+  }
+}
+
+ffi::Error check_layer(int64_t cell, int64_t activation, const ffi::AnyBuffer& xs,
+                       const ffi::AnyBuffer& w_x, const ffi::AnyBuffer& w_h,
+                       const ffi::AnyBuffer& h0, const ffi::AnyBuffer& c0,
+                       const ffi::AnyBuffer& mask) {
+  if (cell < 0 || cell > 3 || activation < 0 || activation > 1) {
+    return ffi::Error::InvalidArgument("stackrnn gated: unknown cell or activation code");
+  }
+  auto x = xs.dimensions(), wx = w_x.dimensions(), wh = w_h.dimensions(), h = h0.dimensions(),
+       c = c0.dimensions(), m = mask.dimensions();
+  const int64_t g = gates_of(cell);
+  if (x.size() != 3 || wx.size() != 2 || wh.size() != 2 || h.size() != 2 || c.size() != 2 ||
+      m.size() != 2 || wx[0] != x[2] || wh[1] != g * wh[0] || wx[1] != wh[1] ||
+      h[0] != x[1] || h[1] != wh[0] || c[0] != h[0] || c[1] != h[1] || m[0] != x[0] ||
+      m[1] != x[1]) {
+    return ffi::Error::InvalidArgument("stackrnn gated: inconsistent shapes");
+  }
+  const auto type = xs.element_type();
+  if (w_x.element_type() != type || w_h.element_type() != type || h0.element_type() != type ||
+      c0.element_type() != type || mask.element_type() != ffi::DataType::PRED) {
+    return ffi::Error::InvalidArgument("stackrnn gated: mixed dtypes or a non-bool mask");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename T>
+Layer<T> layer_of(int64_t cell, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& w_x,
+                  const ffi::AnyBuffer& b_in, const ffi::AnyBuffer& w_h,
+                  const ffi::AnyBuffer& b_rec, const ffi::AnyBuffer& h0,
+                  const ffi::AnyBuffer& c0, const ffi::AnyBuffer& mask) {
+  auto x = xs.dimensions();
+  return Layer<T>{x[0], x[1], h0.dimensions()[1], x[2], cell,
+                  xs.typed_data<T>(), w_x.typed_data<T>(), b_in.typed_data<T>(),
+                  w_h.typed_data<T>(), b_rec.typed_data<T>(), h0.typed_data<T>(),
+                  c0.typed_data<T>(), static_cast<const bool*>(mask.untyped_data())};
+}
+
+// stash null: inference (nothing kept for a backward pass).
+ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& w_x,
+                   const ffi::AnyBuffer& b_in, const ffi::AnyBuffer& w_h,
+                   const ffi::AnyBuffer& b_rec, const ffi::AnyBuffer& h0,
+                   const ffi::AnyBuffer& c0, const ffi::AnyBuffer& mask, ffi::AnyBuffer* hs,
+                   ffi::AnyBuffer* c_last, ffi::AnyBuffer* stash, int64_t cell,
+                   int64_t activation) {
+  if (auto error = check_layer(cell, activation, xs, w_x, w_h, h0, c0, mask); error.failure())
+    return error;
+  return by_dtype(xs.element_type(), "gated", [&](auto type) {
+    using T = decltype(type);
+    const Layer<T> L = layer_of<T>(cell, xs, w_x, b_in, w_h, b_rec, h0, c0, mask);
+    T* kept = stash ? stash->typed_data<T>() : nullptr;
+    by_activation(activation, [&](auto code) {
+      over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
+        forward_rows<T, decltype(code)::value>(L, b0, b1, hs->typed_data<T>(),
+                                               c_last->typed_data<T>(), kept);
+      });
+    });
+  });
+}
+
+ffi::Error Train(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ffi::AnyBuffer b_in,
+                 ffi::AnyBuffer w_h, ffi::AnyBuffer b_rec, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
+                 ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
+                 ffi::Result<ffi::AnyBuffer> c_last, ffi::Result<ffi::AnyBuffer> stash,
+                 int64_t cell, int64_t activation) {
+  if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
+  return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, &*stash, cell,
+                 activation);
+}
+
+ffi::Error Infer(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ffi::AnyBuffer b_in,
+                 ffi::AnyBuffer w_h, ffi::AnyBuffer b_rec, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
+                 ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
+                 ffi::Result<ffi::AnyBuffer> c_last, int64_t cell, int64_t activation) {
+  return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, nullptr, cell,
+                 activation);
+}
+
+template <typename T>
+void backward_typed(ffi::ThreadPool pool, const Layer<T>& L, Grads<T> D, T* dw_h, T* dw_x,
+                    T* db_in, T* db_rec, int64_t activation) {
+  const int64_t u = L.units, g = gates_of(L.cell) * u;
+  // W_h^T and W_x^T, so that dh <- dU W_h^T and dxs = dX W_x^T read rows.
+  std::vector<T> w_t(g * u), w_xt(g * L.inputs);
+  for (int64_t i = 0; i < u; ++i)
+    for (int64_t j = 0; j < g; ++j) w_t[j * u + i] = L.w_h[i * g + j];
+  for (int64_t i = 0; i < L.inputs; ++i)
+    for (int64_t j = 0; j < g; ++j) w_xt[j * L.inputs + i] = L.w_x[i * g + j];
+  D.w_t = w_t.data();
+  D.w_xt = w_xt.data();
+  std::fill(dw_h, dw_h + u * g, T(0));
+  std::fill(dw_x, dw_x + L.inputs * g, T(0));
+  std::fill(db_in, db_in + g, T(0));
+  std::fill(db_rec, db_rec + g, T(0));
+  std::mutex sum;  // each chunk adds its rows' share of the weight gradients once, at its end
+  by_activation(activation, [&](auto code) {
+    over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
+      std::vector<T> part_h(u * g, T(0)), part_x(L.inputs * g, T(0)), part_b(g, T(0)),
+          part_r(g, T(0));
+      backward_rows<T, decltype(code)::value>(L, D, b0, b1, part_h.data(), part_x.data(),
+                                              part_b.data(), part_r.data());
+      std::lock_guard<std::mutex> hold(sum);
+      for (int64_t i = 0; i < u * g; ++i) dw_h[i] += part_h[i];
+      for (int64_t i = 0; i < L.inputs * g; ++i) dw_x[i] += part_x[i];
+      for (int64_t i = 0; i < g; ++i) db_in[i] += part_b[i];
+      for (int64_t i = 0; i < g; ++i) db_rec[i] += part_r[i];
+    });
+  });
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x,
+                    ffi::AnyBuffer w_h, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer mask,
+                    ffi::AnyBuffer hs, ffi::AnyBuffer stash, ffi::AnyBuffer dy,
+                    ffi::AnyBuffer dh_last, ffi::AnyBuffer dc_last,
+                    ffi::Result<ffi::AnyBuffer> dxs, ffi::Result<ffi::AnyBuffer> dh0,
+                    ffi::Result<ffi::AnyBuffer> dc0, ffi::Result<ffi::AnyBuffer> dw_h,
+                    ffi::Result<ffi::AnyBuffer> dw_x, ffi::Result<ffi::AnyBuffer> db_in,
+                    ffi::Result<ffi::AnyBuffer> db_rec, int64_t cell, int64_t activation,
+                    int64_t with_dy) {
+  if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
+  if (auto error = check_layer(cell, activation, xs, w_x, w_h, h0, c0, mask); error.failure())
+    return error;
+  auto x = xs.dimensions(), k = stash.dimensions();
+  if (k.size() != 3 || k[0] != x[0] || k[1] != x[1] ||
+      k[2] != stash_of(cell) * h0.dimensions()[1]) {
+    return ffi::Error::InvalidArgument("stackrnn gated: the stash does not match the layer");
+  }
+  return by_dtype(xs.element_type(), "gated", [&](auto type) {
+    using T = decltype(type);
+    // The biases are not read backward: w_x stands in for them.
+    const Layer<T> L = layer_of<T>(cell, xs, w_x, w_x, w_h, w_x, h0, c0, mask);
+    Grads<T> D{hs.typed_data<T>(), stash.typed_data<T>(),
+               with_dy ? dy.typed_data<T>() : nullptr, dh_last.typed_data<T>(),
+               dc_last.typed_data<T>(), nullptr, nullptr, dxs->typed_data<T>(),
+               dh0->typed_data<T>(), dc0->typed_data<T>()};
+    backward_typed<T>(pool, L, D, dw_h->typed_data<T>(), dw_x->typed_data<T>(),
+                      db_in->typed_data<T>(), db_rec->typed_data<T>(), activation);
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedTrain, Train,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // w_x
+                                  .Arg<ffi::AnyBuffer>()  // b_in
+                                  .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Arg<ffi::AnyBuffer>()  // b_rec
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // c0
+                                  .Arg<ffi::AnyBuffer>()  // mask
+                                  .Ret<ffi::AnyBuffer>()  // hs
+                                  .Ret<ffi::AnyBuffer>()  // c_last
+                                  .Ret<ffi::AnyBuffer>()  // stash
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedInfer, Infer,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // w_x
+                                  .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // c0
+                                  .Arg<ffi::AnyBuffer>()  // mask
+                                  .Arg<ffi::AnyBuffer>()  // hs
+                                  .Arg<ffi::AnyBuffer>()  // stash
+                                  .Arg<ffi::AnyBuffer>()  // dy (read when with_dy)
+                                  .Arg<ffi::AnyBuffer>()  // dh_last
+                                  .Arg<ffi::AnyBuffer>()  // dc_last
+                                  .Ret<ffi::AnyBuffer>()  // dxs: the input's gradient
+                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .Ret<ffi::AnyBuffer>()  // dc0
+                                  .Ret<ffi::AnyBuffer>()  // dw_h
+                                  .Ret<ffi::AnyBuffer>()  // dw_x
+                                  .Ret<ffi::AnyBuffer>()  // db_in
+                                  .Ret<ffi::AnyBuffer>()  // db_rec
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("with_dy"));
