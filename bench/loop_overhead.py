@@ -46,7 +46,6 @@ import json
 import os
 from pathlib import Path
 
-
 STRATEGIES = ("scan", "fused", "wavefront", "scan_vjp", "cpu_native")
 # Strategies whose time loop runs inside their own kernels: no XLA loop, floor 0.
 KERNEL_LOOPS = ("cpu_native", "pallas")
@@ -184,7 +183,7 @@ def _peer_train_steps(w, device, opts) -> dict:
         if name not in opts.peers or not peers.available(name)[0]:
             continue
         peer = make(w, init_model(w), device, opts)
-        stats = time_steady(lambda: peer.train_step(ids, labels), peer.sync, warmup=2,
+        stats = time_steady(lambda peer=peer: peer.train_step(ids, labels), peer.sync, warmup=2,
                             repeats=opts.repeats, min_repeats=3, budget_s=opts.budget_s)
         out[name] = stats["median_s"]
     return out

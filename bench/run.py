@@ -121,9 +121,9 @@ def pick_device(name: str | None):
 
 def plan(args):
     """``[(workload, [sweep names], is_tutorial)]`` in run order, each workload once."""
-    from bench import workloads as wl
-
     import dataclasses
+
+    from bench import workloads as wl
 
     base = dataclasses.replace(wl.QUICK_BASE if args.quick else wl.TUTORIAL, **args.base)
     values = dict(wl.QUICK_SWEEP_VALUES if args.quick else wl.SWEEP_VALUES)

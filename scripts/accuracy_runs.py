@@ -16,7 +16,6 @@ ablation of the levers (length buckets, pooling, bidirectional layers, longer in
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -57,7 +56,6 @@ def machine(note: str = "") -> dict:
             "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
             "device": str(jax.devices()[0]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "note": note}
 
 

@@ -31,8 +31,13 @@ from stackrnn_jax import distributed, run_dir  # noqa: E402
 from stackrnn_jax.allocator import keep_freed_memory  # noqa: E402
 from stackrnn_jax.config import PRESETS, resolve  # noqa: E402
 from stackrnn_jax.data import batches, load_encoded, num_batches, split_validation  # noqa: E402
-from stackrnn_jax.train import (bucketing, create_model, create_optimizer,  # noqa: E402
-                                make_train_step, zero_totals)
+from stackrnn_jax.train import (  # noqa: E402
+    bucketing,
+    create_model,
+    create_optimizer,
+    make_train_step,
+    zero_totals,
+)
 
 
 class Variant:

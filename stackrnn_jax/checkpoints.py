@@ -29,7 +29,6 @@ from flax import nnx
 from stackrnn_jax.run_dir import TRAIN_STATE, first_line
 
 
-
 class CheckpointError(ValueError):
     """No usable checkpoint, or one from another config; one line for the user."""
 

@@ -16,8 +16,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from stackrnn_jax.config import (CELLS, DTYPES, NONFINITE_POLICIES, PADDING_SIDES, POOLINGS,
-                                 PRESETS, SCHEDULES, TrainConfig)
+from stackrnn_jax.config import (
+    CELLS,
+    DTYPES,
+    NONFINITE_POLICIES,
+    PADDING_SIDES,
+    POOLINGS,
+    PRESETS,
+    SCHEDULES,
+    TrainConfig,
+)
 from stackrnn_jax.interrupts import TrainingInterrupted, exiting_on_signals
 
 PREVIEW_CHARS = 60

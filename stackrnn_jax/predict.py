@@ -12,8 +12,15 @@ from flax import nnx
 
 from stackrnn_jax import run_dir
 from stackrnn_jax.config import TrainConfig
-from stackrnn_jax.data import (EncodedSplit, Vocabulary, check_reviews, load_encoded,
-                               load_imdb_texts, tokenize, trim_padding)
+from stackrnn_jax.data import (
+    EncodedSplit,
+    Vocabulary,
+    check_reviews,
+    load_encoded,
+    load_imdb_texts,
+    tokenize,
+    trim_padding,
+)
 from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.train import bucketing, create_model, evaluate, make_eval_step, model_logits
 

@@ -25,8 +25,15 @@ from tqdm.auto import tqdm
 from stackrnn_jax import distributed, memory, run_dir
 from stackrnn_jax.checkpoints import TrainCheckpoints
 from stackrnn_jax.config import TrainConfig
-from stackrnn_jax.data import (EncodedSplit, Vocabulary, batches, check_reviews, load_encoded,
-                               num_batches, split_validation)
+from stackrnn_jax.data import (
+    EncodedSplit,
+    Vocabulary,
+    batches,
+    check_reviews,
+    load_encoded,
+    num_batches,
+    split_validation,
+)
 from stackrnn_jax.interrupts import StopRequests, TrainingInterrupted
 from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.plots import plot_history

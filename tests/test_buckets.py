@@ -16,12 +16,10 @@ import pytest
 from flax import nnx
 
 from stackrnn_jax import config as config_lib
-from stackrnn_jax import distributed
-from stackrnn_jax import train
+from stackrnn_jax import distributed, train
 from stackrnn_jax.data import EncodedSplit, Vocabulary, batches, bucket_length, trim_padding
 from stackrnn_jax.predict import Run, predict_proba
-from tests.test_resume import METRICS, RESUMABLE, final_state, inject, run_fit
-from tests.test_train import synthetic_split
+from tests.helpers import METRICS, RESUMABLE, final_state, inject, run_fit, synthetic_split
 
 MAXLEN = 12
 WIDTH = 4  # buckets 4, 8, 12

@@ -6,36 +6,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 
-import numpy as np
 import pytest
 
 from stackrnn_jax import run_dir
 from stackrnn_jax.cli import main
-
-PER_CLASS = 101  # per label and split: 202 test reviews, so the last batch of 8 is padded
-FILLER = "the a movie film plot actor scene story it was and of this".split()
-TINY = ["--num-words", "40", "--maxlen", "16", "--units", "8", "--embed-dim", "8",
-        "--batch-size", "8", "--epochs", "3", "--lr", "0.02", "--mask", "--no-progress"]
-
-
-def write_archive(path, seed=0, empty=0):
-    """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives "awful boring".
-
-    The first ``empty`` reviews of each split and label are empty files.
-    """
-    rng = np.random.default_rng(seed)
-    with tarfile.open(path, "w:gz") as archive:
-        for split in ("train", "test"):
-            for label, words in (("pos", "great wonderful"), ("neg", "awful boring")):
-                for index in range(PER_CLASS):
-                    filler = " ".join(rng.choice(FILLER, rng.integers(3, 10)))
-                    data = f"{filler} {words} {filler}.".encode() if index >= empty else b""
-                    member = tarfile.TarInfo(f"aclImdb/{split}/{label}/{index}_{7 if label == 'pos' else 2}.txt")
-                    member.size = len(data)
-                    archive.addfile(member, io.BytesIO(data))
-    return path
+from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, inject, write_archive
 
 
 @pytest.fixture(autouse=True)
@@ -131,18 +107,6 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
     assert saved["dropout"] == 0.5  # from the preset
 
 
-BAD_INPUTS = [  # (argv, exit status, part of the error line)
-    (["train", "--workdir", "w", "--cell", "transformer"], 2, "invalid choice"),
-    (["train", "--workdir", "w", "--strategy", "nope"], 2, "invalid choice"),
-    (["train", "--workdir", "w", "--epochs", "many"], 2, "invalid int value"),
-    (["train", "--workdir", "w", "--dropout", "1.5"], 1, "dropout: expected a rate"),
-    (["train", "--workdir", "w", "--config", "missing.toml"], 1, "cannot read it"),
-    (["frobnicate"], 2, "invalid choice"),
-    (["evaluate", "--workdir", "nothing-here"], 1, "no trained run in nothing-here"),
-    (["predict", "--workdir", "nothing-here", "good"], 1, "no trained run in nothing-here"),
-    (["predict", "--workdir", "nothing-here"], 1, "no review given"),
-    (["predict", "--workdir", "nothing-here", "   "], 1, "review 1 is empty"),
-]
 
 
 @pytest.mark.parametrize("argv, status, message", BAD_INPUTS)
@@ -198,7 +162,6 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(trained, capsys, tmp_p
     import os
     import signal
 
-    from tests.test_resume import inject
 
     archive, _, _ = trained
     argv = ["train", "--workdir", str(tmp_path / "run"), "--data", str(archive), *TINY]

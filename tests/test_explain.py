@@ -14,7 +14,7 @@ import pytest
 from stackrnn_jax.cli import main
 from stackrnn_jax.explain import explain
 from stackrnn_jax.predict import load_run, predict_proba
-from tiny_run import make_run
+from tests.helpers import make_run
 
 REVIEWS = ["A great film, but the zzz plot was boring", "wonderful qqq"]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

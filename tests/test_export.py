@@ -16,7 +16,7 @@ import pytest
 from stackrnn_jax import export, native
 from stackrnn_jax.cli import main
 from stackrnn_jax.predict import load_run, predict_proba
-from tiny_run import make_run
+from tests.helpers import make_run
 
 # Lengths 1 to past maxlen (12, cut on the truncating side), unknown words, a <br />.
 REVIEWS = ["great", "awful boring plot", "wonderful film but the actors were zzz unknown",

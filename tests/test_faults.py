@@ -24,7 +24,7 @@ import pytest
 from stackrnn_jax import init_params, run_dir, stacked_rnn, train
 from stackrnn_jax.cli import main
 from stackrnn_jax.config import TrainConfig
-from tests.test_cli import BAD_INPUTS, PER_CLASS, TINY, write_archive
+from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, write_archive
 
 RUN = [*TINY, "--epochs", "2"]  # the last --epochs wins
 
@@ -189,7 +189,7 @@ def test_damaged_best_checkpoint_is_one_line(finished, tmp_path, capfd, monkeypa
 
 
 def test_damaged_train_state_array_data_falls_back_to_the_previous_one(tmp_path):
-    from tests.test_resume import RESUMABLE, final_state, run_fit
+    from tests.helpers import RESUMABLE, final_state, run_fit
 
     workdir = tmp_path / "damaged"
     config = RESUMABLE.replace(epochs=1)  # steps 3, 6, 9, 12 and 13 (the epoch end); keep 3

@@ -11,7 +11,6 @@ import json
 
 import pytest
 
-
 from bench import loop_overhead
 from bench.workloads import TUTORIAL
 

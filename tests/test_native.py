@@ -104,7 +104,7 @@ def test_vmap_and_jit_of_the_gradient():
     batched = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(params, xs)
     for i in range(3):
         one = grad(params, xs[i])
-        assert _max_error(jax.tree.map(lambda a: a[i], batched), one) < 1e-6
+        assert _max_error(jax.tree.map(lambda a, i=i: a[i], batched), one) < 1e-6
 
 
 def test_falls_back_to_scan_vjp_with_a_warning_when_unavailable(monkeypatch):

@@ -15,35 +15,8 @@ import pytest
 from stackrnn_jax import run_dir, train
 from stackrnn_jax.checkpoints import CheckpointError, TrainCheckpoints
 from stackrnn_jax.interrupts import TrainingInterrupted
-from stackrnn_jax.train import NonFiniteError, fit
-from tests.helpers import TRAIN_CONFIG, synthetic_split
-
-# 13 steps per epoch (200 / 16, the last batch padded); dropout exercises the saved RNG state.
-RESUMABLE = TRAIN_CONFIG.replace(dropout=0.2, checkpoint_every=3, keep_checkpoints=3,
-                                epochs=3)
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "skipped_steps")
-
-
-def run_fit(workdir, config=RESUMABLE, *, resume=True):
-    run_dir.prepare(workdir, config)
-    return fit(config, synthetic_split(200, 0), synthetic_split(64, 1), workdir,
-               progress=False, out=open(os.devnull, "w"), resume=resume)
-
-
-def final_state(workdir, config=RESUMABLE):
-    """The newest resumable checkpoint's arrays (params, optimizer state, RNG), as NumPy."""
-    from flax import nnx
-
-    model = train.create_model(config)
-    optimizer = nnx.Optimizer(model, train.create_optimizer(config, 39), wrt=nnx.Param)
-    template = nnx.split((model, optimizer))[1]
-    checkpoints = TrainCheckpoints(workdir, keep=config.keep_checkpoints,
-                                   identity=run_dir.identity(config))
-    state, position = checkpoints.restore_latest(template)
-    checkpoints.close()
-    arrays = jax.tree.map(lambda a: np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(
-        a.dtype, jax.dtypes.prng_key) else a), nnx.to_pure_dict(state))
-    return arrays, position
+from stackrnn_jax.train import NonFiniteError
+from tests.helpers import METRICS, RESUMABLE, final_state, inject, run_fit
 
 
 def assert_same_run(history_a, history_b, workdir_a, workdir_b):
@@ -62,25 +35,11 @@ def uninterrupted(tmp_path_factory):
     return workdir, run_fit(workdir)
 
 
-def inject(monkeypatch, at_epoch, at_batch, action):
-    """Call ``action(batch)`` on the training batch ``at_batch`` (1-based) of ``at_epoch``."""
-    original = train.batches
-
-    def patched(split, batch_size, **options):
-        iterator = original(split, batch_size, **options)
-        if not options.get("shuffle") or options.get("epoch") != at_epoch:
-            return iterator
-        return (action(batch) if index == at_batch else batch
-                for index, batch in enumerate(iterator, start=options.get("start_batch", 0) + 1))
-
-    monkeypatch.setattr(train, "batches", patched)
-
-
 KILLED_CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from stackrnn_jax import train
-from tests import test_resume
+from tests import helpers
 
 def die(batch):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -92,7 +51,7 @@ def patched(split, batch_size, **options):
         return (die(b) if i == 7 else b for i, b in enumerate(iterator, start=1))
     return iterator
 train.batches = patched
-test_resume.run_fit({workdir!r})
+helpers.run_fit({workdir!r})
 """
 
 
@@ -228,20 +187,20 @@ DATA_PARALLEL_CHILD = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import jax
-from tests import test_resume
-history = test_resume.run_fit({workdir!r}, test_resume.RESUMABLE.replace(dropout=0.0, epochs=2,
+from tests import helpers
+history = helpers.run_fit({workdir!r}, helpers.RESUMABLE.replace(dropout=0.0, epochs=2,
                               batch_size={batch_size}), resume=False)
 from flax import nnx
 from stackrnn_jax import run_dir, train
-model = train.create_model(test_resume.RESUMABLE)
+model = train.create_model(helpers.RESUMABLE)
 # unsharded, as predict.py
 params, _ = run_dir.restore_best({workdir!r}, nnx.state(model, nnx.Param))
 nnx.update(model, params)
 graphdef, state = nnx.split(model)
-best = train.evaluate(train.make_eval_step(graphdef, test_resume.RESUMABLE), state,
-                      test_resume.synthetic_split(64, 1), {batch_size})
+best = train.evaluate(train.make_eval_step(graphdef, helpers.RESUMABLE), state,
+                      helpers.synthetic_split(64, 1), {batch_size})
 print(json.dumps({{"devices": jax.device_count(), "best": [best["loss"], best["accuracy"]],
-                  "losses": [[r[k] for k in test_resume.METRICS] for r in history["epochs"]]}}))
+                  "losses": [[r[k] for k in helpers.METRICS] for r in history["epochs"]]}}))
 """
 
 
@@ -277,17 +236,17 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from stackrnn_jax import distributed, run_dir, train
 distributed.initialize(coordinator="localhost:{port}", num_processes=2, process_id={process})
-from tests import test_resume
-config = test_resume.RESUMABLE.replace(dropout=0.0, epochs=2)
+from tests import helpers
+config = helpers.RESUMABLE.replace(dropout=0.0, epochs=2)
 with run_dir.lock({workdir!r}):
     run_dir.prepare({workdir!r}, config)
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("prepared")
-    history = train.fit(config, test_resume.synthetic_split(200, 0),
-                        test_resume.synthetic_split(64, 1),
+    history = train.fit(config, helpers.synthetic_split(200, 0),
+                        helpers.synthetic_split(64, 1),
                         {workdir!r}, progress=False, resume=False)
 print(json.dumps({{"processes": jax.process_count(), "devices": jax.device_count(),
-                  "losses": [[r[k] for k in test_resume.METRICS] for r in history["epochs"]]}}))
+                  "losses": [[r[k] for k in helpers.METRICS] for r in history["epochs"]]}}))
 """
 
 

@@ -15,12 +15,11 @@ from tensorboardX.proto import event_pb2  # noqa: E402
 from stackrnn_jax import run_dir  # noqa: E402
 from stackrnn_jax.cli import build_parser  # noqa: E402
 from stackrnn_jax.train import fit, learning_rate  # noqa: E402
-from tests.test_resume import inject  # noqa: E402
-from tests.test_train import CONFIG, synthetic_split  # noqa: E402
+from tests.helpers import TRAIN_CONFIG, inject, synthetic_split  # noqa: E402
 
 # 13 steps per epoch (200 reviews, batch 16, the last batch of 8); a sync every 2 batches
 # and at the epoch's end, a checkpoint every 5 steps.
-LOGGED = CONFIG.replace(epochs=2, log_every=2, checkpoint_every=5, schedule="cosine",
+LOGGED = TRAIN_CONFIG.replace(epochs=2, log_every=2, checkpoint_every=5, schedule="cosine",
                         warmup_steps=3)
 TRAIN_TAGS = ("train/loss", "train/accuracy", "train/grad_norm", "train/learning_rate")
 

@@ -1,6 +1,7 @@
 """Every strategy of ``stacked_rnn`` against the NumPy reference, plus its input checks."""
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -250,4 +251,4 @@ def test_default_without_kernels_warns_once_per_process_and_matches_scan(monkeyp
     assert len(messages) == 1 and "runs as scan_vjp" in messages[0], messages
     assert "no C++ compiler (test)" in messages[0]
     assert "stackrnn_simple" not in text
-    assert _max_error(ours, scan) < 1e-5
+    assert max_error(ours, scan) < 1e-5

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from stackrnn_jax import init_params, make_cell, stacked_rnn
-from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.ops.linear_scan import linear_recurrence
+from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.strategies.parallel import Options, parallel_solve
 from tests.helpers import CELLS, max_error
 
@@ -58,7 +58,7 @@ def _outputs_and_grads(cell, padding, options_list):
             kw = dict(cell=cell, lengths=lengths, padding=padding, initial_state=state,
                       strategy=strategy, strategy_options=options)
 
-            def loss(params, x, state):
+            def loss(params, x, state, kw=kw):
                 y, states = stacked_rnn(params, x, return_sequences=True, return_state=True,
                                         **kw)
                 return (jnp.sum(jnp.sin(y)) + sum(jnp.sum(s ** 2) for s in jax.tree.leaves(states)),

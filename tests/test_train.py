@@ -13,8 +13,14 @@ from flax import nnx
 from stackrnn_jax import distributed, run_dir
 from stackrnn_jax.data import Vocabulary
 from stackrnn_jax.predict import load_run, predict_proba
-from stackrnn_jax.train import (create_model, create_optimizer, fit, learning_rate,
-                                make_train_step, train_epoch)
+from stackrnn_jax.train import (
+    create_model,
+    create_optimizer,
+    fit,
+    learning_rate,
+    make_train_step,
+    train_epoch,
+)
 from tests.helpers import TRAIN_CONFIG, synthetic_split
 
 

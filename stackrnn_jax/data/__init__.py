@@ -2,8 +2,13 @@
 
 from stackrnn_jax.data.batches import batches, bucket_length, num_batches, trim_padding
 from stackrnn_jax.data.imdb import DataError, load_imdb_texts
-from stackrnn_jax.data.pipeline import (EncodedIMDB, EncodedSplit, check_reviews, load_encoded,
-                                        split_validation)
+from stackrnn_jax.data.pipeline import (
+                                        EncodedIMDB,
+                                        EncodedSplit,
+                                        check_reviews,
+                                        load_encoded,
+                                        split_validation,
+)
 from stackrnn_jax.data.tokenizer import Vocabulary, tokenize
 
 __all__ = [

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 # Imported for their registration; the order is the registry's (and the benchmarks') order.
 from stackrnn_jax.strategies import (  # noqa: F401
-    scan, loop, fused, wavefront, scan_vjp, cpu_native, pallas, parallel, auto)
+    auto,
+    cpu_native,
+    fused,
+    loop,
+    pallas,
+    parallel,
+    scan,
+    scan_vjp,
+    wavefront,
+)
 from stackrnn_jax.strategies.registry import STRATEGIES, get_strategy, register, unregister
 
 __all__ = ["STRATEGIES", "get_strategy", "register", "unregister"]
