@@ -251,7 +251,15 @@ def test_device_out_of_memory_is_one_line(data, tmp_path, capfd, monkeypatch):
 
 
 def test_memory_estimate_grows_with_the_model():
+    from flax import nnx
+
     from stackrnn_jax import memory
+
+    for config in (TrainConfig(num_words=50), TrainConfig(num_words=50, cell="gru", layers=3,
+                                                           bidirectional=True)):
+        model = train.create_model(config)
+        counted = sum(a.size for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        assert memory.parameter_count(config) == counted
 
     small = memory.estimate_bytes(TrainConfig())
     assert small > 4 * 4 * 10_000 * 32  # at least the embedding, its gradient and Adam moments
