@@ -150,16 +150,16 @@ def snapshot(*folders):
             if p.is_file() and p.name != run_dir.LOCK}
 
 
-def fails_with_one_line(capfd, argv, status=1, prefix="error: "):
-    """Run ``argv``; assert it ended with ``status`` and one ``prefix`` line on stderr
-    (file descriptor 2 included: nothing printed by native code or at exit either)."""
+def fails_with_one_line(capfd, argv, status=1):
+    """Run ``argv``; assert it ended with ``status`` and one ``error:`` line on stderr
+    (file descriptor 2, so native code's output counts too)."""
     try:
         code = main(argv)
     except SystemExit as exit:  # argparse usage errors
         code = exit.code
     err = capfd.readouterr().err
     assert code == status, err
-    assert len(err.splitlines()) == 1 and err.startswith(prefix), err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err.strip()
 
 
