@@ -2,10 +2,11 @@
 
 Two checks, both against the memory the device has free now (``available_bytes``):
 
-* ``check_config``, before anything is allocated: a lower bound from the config alone
+* ``check_config``, before anything is allocated: an estimate from the config alone
   (``estimate_bytes``: parameters, their gradients and Adam's two moments, plus the
-  activations the backward pass keeps). It refuses ``--units 100000000`` in milliseconds
-  instead of letting the kernel's OOM killer end the process (and others) minutes later.
+  activations the backward pass keeps; temporaries left out, so it errs low). It refuses
+  ``--units 100000000`` in milliseconds instead of letting the kernel's OOM killer end
+  the process (and others) minutes later.
 * ``check_compiled``, once the train step is compiled: XLA's own figure for the step's
   arguments, outputs and temporaries (``Compiled.memory_analysis()``).
 
@@ -20,7 +21,7 @@ import jax
 
 from stackrnn_jax.config import TrainConfig
 
-FLOAT_BYTES = 4  # parameters, optimizer state and activations are float32 (bfloat16: fewer)
+FLOAT_BYTES = 4  # parameters and optimizer state are float32; activations too unless bfloat16
 GATES = {"simple": 1, "gru": 3, "lstm": 4}
 MEMINFO = Path("/proc/meminfo")
 
@@ -34,21 +35,22 @@ def parameter_count(config: TrainConfig) -> int:
     gates, directions, units = GATES[config.cell], 1 + config.bidirectional, config.units
     count, width = config.num_words * config.embed_dim, config.embed_dim
     for _ in range(config.layers):
-        # kernel, recurrent kernel and (at most two rows of) bias per direction
-        count += directions * gates * units * (width + units + 2)
+        bias_rows = 2 if config.cell == "gru" else 1  # the GRU's reset_after bias: (2, 3u)
+        count += directions * gates * units * (width + units + bias_rows)
         width = directions * units
     return count + width + 1
 
 
 def estimate_bytes(config: TrainConfig) -> int:
-    """A lower bound on a train step's memory: every parameter four times (value,
+    """A train step's memory, estimated low: every parameter four times (value,
     gradient, Adam's two moments) and, per example and timestep, the embedding and
     each layer's input projection and output (kept for the backward pass)."""
     directions = 1 + config.bidirectional
     per_layer = directions * config.units * (GATES[config.cell] + 1)  # projection and output
     per_step = config.embed_dim + config.layers * per_layer
     activations = config.batch_size * config.maxlen * per_step
-    return FLOAT_BYTES * (4 * parameter_count(config) + activations)
+    activation_bytes = 2 if config.dtype == "bfloat16" else FLOAT_BYTES
+    return FLOAT_BYTES * 4 * parameter_count(config) + activation_bytes * activations
 
 
 def available_bytes(device: jax.Device | None = None) -> int | None:
@@ -71,7 +73,7 @@ def available_bytes(device: jax.Device | None = None) -> int | None:
 
 
 def check_config(config: TrainConfig) -> None:
-    """Refuse a config whose lower-bound estimate exceeds the free memory."""
+    """Refuse a config whose (low) estimate already exceeds the free memory."""
     needed, free = estimate_bytes(config), available_bytes()
     if free is not None and needed > free:
         raise OutOfMemory(

@@ -132,6 +132,13 @@ def finished(tmp_path_factory):
     return archive, root / "run"
 
 
+@pytest.fixture
+def data(finished, monkeypatch):
+    """The finished run's archive, with HOME where tfds prepared and encoded it already."""
+    monkeypatch.setenv("HOME", str(finished[0].parent / "home"))
+    return finished[0]
+
+
 def copy_run(finished, tmp_path):
     shutil.copytree(finished[1], tmp_path / "run")
     return tmp_path / "run"
@@ -143,16 +150,16 @@ def snapshot(*folders):
             if p.is_file() and p.name != run_dir.LOCK}
 
 
-def fails_with_one_line(capfd, argv, status=1, prefix="error: "):
-    """Run ``argv``; assert it ended with ``status`` and one ``prefix`` line on stderr
-    (file descriptor 2 included: nothing printed by native code or at exit either)."""
+def fails_with_one_line(capfd, argv, status=1):
+    """Run ``argv``; assert it ended with ``status`` and one ``error:`` line on stderr
+    (file descriptor 2, so native code's output counts too)."""
     try:
         code = main(argv)
     except SystemExit as exit:  # argparse usage errors
         code = exit.code
     err = capfd.readouterr().err
     assert code == status, err
-    assert len(err.splitlines()) == 1 and err.startswith(prefix), err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err.strip()
 
 
@@ -168,11 +175,11 @@ def truncate_array_data(checkpoint, pattern="**/d/*"):
 
 # 1. Damaged checkpoint data.
 
-def test_damaged_best_checkpoint_is_one_line(finished, tmp_path, capfd, monkeypatch):
+def test_damaged_best_checkpoint_is_one_line(finished, data, tmp_path, capfd, monkeypatch):
     import gc
     import time
 
-    archive, _ = finished
+    archive = data
     workdir = copy_run(finished, tmp_path)
     best = workdir / json.loads((workdir / run_dir.BEST).read_text())["checkpoint"]
     truncate_array_data(best, "ocdbt.process_0/d/*")  # the array values, not the b-tree root
@@ -188,40 +195,39 @@ def test_damaged_best_checkpoint_is_one_line(finished, tmp_path, capfd, monkeypa
     assert unraisable == []
 
 
-def test_damaged_train_state_array_data_falls_back_to_the_previous_one(tmp_path):
-    from tests.helpers import RESUMABLE, final_state, run_fit
+def test_damaged_train_state_array_data_falls_back_to_the_previous_one(finished, tmp_path):
+    from tests.helpers import final_state
 
-    workdir = tmp_path / "damaged"
-    config = RESUMABLE.replace(epochs=1)  # steps 3, 6, 9, 12 and 13 (the epoch end); keep 3
-    run_fit(workdir, config)
-    truncate_array_data(workdir / run_dir.TRAIN_STATE / "13" / "state")
-    with pytest.warns(UserWarning, match="step 13 .* unreadable.*falling back"):
+    workdir = copy_run(finished, tmp_path)  # checkpoints at steps 21 and 42 (the epoch ends)
+    config = run_dir.read_config(workdir)
+    truncate_array_data(workdir / run_dir.TRAIN_STATE / "42" / "state")
+    with pytest.warns(UserWarning, match="step 42 .* unreadable.*falling back"):
         _, position = final_state(workdir, config)
-    assert position["step"] == 12 and position["epoch"] == 1
+    assert position["step"] == 21 and position["epoch"] == 2
 
 
 # 2. Memory.
 
-def test_batch_size_above_the_training_set_is_refused(finished, tmp_path, capfd):
-    archive, _ = finished
+def test_batch_size_above_the_training_set_is_refused(data, tmp_path, capfd):
+    archive = data
     message = fails_with_one_line(capfd, ["train", "--workdir", str(tmp_path / "run"),
                                           "--data", str(archive), *RUN, "--batch-size", "10000000"])
     training = round(2 * PER_CLASS * 0.8)
     assert f"batch_size 10000000 is larger than the {training} training reviews" in message
 
 
-def test_absurd_model_is_refused_before_allocating(finished, tmp_path, capfd, monkeypatch):
-    archive, _ = finished
+def test_absurd_model_is_refused_before_allocating(data, tmp_path, capfd, monkeypatch):
+    archive = data
     monkeypatch.setattr(train, "create_model", lambda *a, **k: pytest.fail("allocated the model"))
     message = fails_with_one_line(capfd, ["train", "--workdir", str(tmp_path / "run"),
                                           "--data", str(archive), *RUN, "--units", "100000000"])
     assert "needs at least" in message and "available" in message and "--units" in message
 
 
-def test_compiled_step_above_free_memory_is_refused(finished, tmp_path, capfd, monkeypatch):
+def test_compiled_step_above_free_memory_is_refused(data, tmp_path, capfd, monkeypatch):
     from stackrnn_jax import memory
 
-    archive, _ = finished
+    archive = data
     monkeypatch.setattr(memory, "estimate_bytes", lambda config: 0)  # the estimate passes
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 1000)
     message = fails_with_one_line(capfd, ["train", "--workdir", str(tmp_path / "run"),
@@ -231,21 +237,29 @@ def test_compiled_step_above_free_memory_is_refused(finished, tmp_path, capfd, m
         (tmp_path / "run" / run_dir.TRAIN_STATE).iterdir())  # refused before the first step
 
 
-def test_device_out_of_memory_is_one_line(finished, tmp_path, capfd, monkeypatch):
-    archive, _ = finished
+def test_device_out_of_memory_is_one_line(data, tmp_path, capfd, monkeypatch):
+    archive = data
 
     def exhausted(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
                                          "allocate 40000000000 bytes.\nBufferAssignment ...")
 
-    monkeypatch.setattr(train, "train_epoch", exhausted)
+    monkeypatch.setattr(train, "_compiled_train_step", exhausted)  # XLA's compile can run out too
     message = fails_with_one_line(capfd, ["train", "--workdir", str(tmp_path / "run"),
                                           "--data", str(archive), *RUN])
     assert message.startswith("error: out of memory") and "--batch-size" in message
 
 
 def test_memory_estimate_grows_with_the_model():
+    from flax import nnx
+
     from stackrnn_jax import memory
+
+    for config in (TrainConfig(num_words=50), TrainConfig(num_words=50, cell="gru", layers=3,
+                                                           bidirectional=True)):
+        model = train.create_model(config)
+        counted = sum(a.size for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        assert memory.parameter_count(config) == counted
 
     small = memory.estimate_bytes(TrainConfig())
     assert small > 4 * 4 * 10_000 * 32  # at least the embedding, its gradient and Adam moments
@@ -371,8 +385,8 @@ def test_text_with_no_known_word_is_marked(finished, capfd):
 
 # 8. A finished run is read-only to train.
 
-def test_finished_run_is_read_only_to_train(finished, tmp_path, capfd):
-    archive, _ = finished
+def test_finished_run_is_read_only_to_train(finished, data, tmp_path, capfd):
+    archive = data
     workdir = copy_run(finished, tmp_path)
     before = snapshot(workdir)
     assert main(["train", "--workdir", str(workdir), "--data", str(archive), *RUN,
@@ -398,8 +412,8 @@ def test_resume_on_other_data_is_refused(finished, tmp_path, capfd):
 
 # 9. Paths read from run files.
 
-def test_paths_read_from_run_files_stay_inside_the_run(finished, tmp_path, capfd):
-    archive, _ = finished
+def test_paths_read_from_run_files_stay_inside_the_run(finished, data, tmp_path, capfd):
+    archive = data
     workdir = copy_run(finished, tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -423,15 +437,15 @@ def test_paths_read_from_run_files_stay_inside_the_run(finished, tmp_path, capfd
 def test_bad_lengths_under_jit_are_clamped_or_checked():
     from jax.experimental import checkify
 
-    params = init_params(jax.random.PRNGKey(0), 3, [4], cell="gru")
+    params = init_params(jax.random.PRNGKey(0), 3, [4])
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 3))
-    jitted = jax.jit(lambda n: stacked_rnn(params, x, cell="gru", lengths=n, padding="pre"))
+    jitted = jax.jit(lambda n: stacked_rnn(params, x, lengths=n, padding="pre"))
     np.testing.assert_array_equal(jitted(jnp.array([-4, 9, 2])), jitted(jnp.array([0, 5, 2])))
     with pytest.raises(ValueError, match="lengths: expected values in"):
-        stacked_rnn(params, x, cell="gru", lengths=np.array([-4, 9, 2]))  # eager: refused
+        stacked_rnn(params, x, lengths=np.array([-4, 9, 2]))  # eager: refused
 
     def checked(n):
-        return stacked_rnn(params, x, cell="gru", lengths=n, check_lengths=True)
+        return stacked_rnn(params, x, lengths=n, check_lengths=True)
 
     run = jax.jit(checkify.checkify(checked))
     error, _ = run(jnp.array([1, 5, 2]))
