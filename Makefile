@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= $(wildcard ../shared/data/aclImdb.tar.gz)
 WORKDIR ?= runs/tutorial
 
-.PHONY: venv train test test-all check clean
+.PHONY: venv train lint test test-all check clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,7 +21,12 @@ train: venv
 	$(VENV)/bin/stackrnn train $(if $(DATA),--data $(DATA)) --workdir $(WORKDIR) $(ARGS)
 	$(VENV)/bin/stackrnn evaluate $(if $(DATA),--data $(DATA)) --workdir $(WORKDIR)
 
-test: venv
+# The quality gate (ruff, mypy), then the default test selection; CI runs exactly this.
+lint: venv
+	$(VENV)/bin/ruff check stackrnn_jax tests bench scripts
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
 test-all: venv

@@ -21,7 +21,8 @@ from pathlib import Path
 STRATEGIES = ("scan", "scan_vjp", "scan_vjp_remat", "cpu_native")
 
 
-def measure(w, device, strategies=STRATEGIES, *, repeats: int = 5, budget_s: float = 2.0) -> list[dict]:
+def measure(w, device, strategies=STRATEGIES, *, repeats: int = 5,
+            budget_s: float = 2.0) -> list[dict]:
     """One entry per strategy: temp bytes of the compiled gradient and its median seconds."""
     import jax
     import optax

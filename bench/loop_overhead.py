@@ -231,7 +231,8 @@ def markdown(result: dict) -> str:
     if torch:
         for which in ("forward", "train"):
             part = torch[which]
-            lines.append(f"| torch ({torch['device']}) | {which} | {part['layer_steps']} layer-steps | "
+            lines.append(f"| torch ({torch['device']}) | {which} | "
+                         f"{part['layer_steps']} layer-steps | "
                          f"{1e3 * part['median_s']:.3f} | "
                          f"{1e6 * part['median_s'] / part['layer_steps']:.2f} | |")
     floor, peers_train = result.get("train_floor"), result.get("peers_train") or {}

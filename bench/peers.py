@@ -141,7 +141,8 @@ def flax_variables(w, params) -> dict:
                 cell["h" + g] = {"kernel": rs[j], "bias": bs[j]}
         else:  # gru, Keras gate order z, r, h
             if not _gru_reset_after(layer):
-                raise ValueError("flax.linen GRUCell is a reset_after GRU; reset_after=False has no equivalent")
+                raise ValueError("flax.linen GRUCell is a reset_after GRU; "
+                                 "reset_after=False has no equivalent")
             ks, rs = np.split(k, 3, axis=-1), np.split(r, 3, axis=-1)
             b_in, b_rec = np.split(b[0], 3), np.split(b[1], 3)
             cell = {"iz": {"kernel": ks[0], "bias": b_in[0] + b_rec[0]},
@@ -257,14 +258,16 @@ def torch_model(w, params, device: str = "cpu"):
             k, r, b = layer["kernel"], layer["recurrent_kernel"], layer["bias"]
             if w.cell == "gru":
                 if not _gru_reset_after(layer):
-                    raise ValueError("torch.nn.GRU is a reset_after GRU; reset_after=False has no equivalent")
+                    raise ValueError("torch.nn.GRU is a reset_after GRU; "
+                                     "reset_after=False has no equivalent")
                 k, r = _gru_torch_order(k, -1), _gru_torch_order(r, -1)
                 b_ih, b_hh = _gru_torch_order(b[0], -1), _gru_torch_order(b[1], -1)
             else:  # SimpleRNN, and LSTM (gate order i, f, g, o in both)
                 b_ih, b_hh = b, np.zeros_like(b)
             for name, value in (("weight_ih", k.T), ("weight_hh", r.T), ("bias_ih", b_ih),
                                 ("bias_hh", b_hh)):
-                getattr(model.rnn, f"{name}_l{i}").copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                getattr(model.rnn, f"{name}_l{i}").copy_(
+                    torch.from_numpy(np.ascontiguousarray(value)))
         model.head.weight.copy_(torch.from_numpy(np.ascontiguousarray(p["dense_kernel"].T)))
         model.head.bias.copy_(torch.from_numpy(p["dense_bias"]))
     return model.to(device)
@@ -383,4 +386,5 @@ def _run_peer(name, w, device, opts, ours_logits, entry):
         flops = w.forward_flops() if which == "forward" else w.train_flops()
         entry[which] = {**info, **stats, **memory, **flops_fields(flops, stats["median_s"], device)}
     if name == "torch":
-        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + f"torch device {peer.dev}, {peer.threads} threads"
+        entry["note"] = ((entry["note"] + "; " if entry["note"] else "")
+                         + f"torch device {peer.dev}, {peer.threads} threads")

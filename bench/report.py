@@ -74,7 +74,9 @@ def tutorial_tables(result) -> str:
         chk = e.get("check") or {}
         check = ("ok" if chk.get("passed") else "FAIL") + (
             f" ({max(chk.get('forward_max_abs_diff', 0), chk.get('grad_max_abs_diff', 0)):.0e}"
-            f"{', full ' + format(chk['full_size_forward_max_abs_diff_vs_scan'], '.0e') if 'full_size_forward_max_abs_diff_vs_scan' in chk else ''})"
+            + (", full " + format(chk["full_size_forward_max_abs_diff_vs_scan"], ".0e")
+               if "full_size_forward_max_abs_diff_vs_scan" in chk else "")
+            + ")"
             if chk else "")
         lines.append(
             f"| {e['variant']} | {_ms(f['median_s'])} [{_ms(f['iqr_s'])}] | "
@@ -90,7 +92,8 @@ def tutorial_tables(result) -> str:
                   "seconds to the first output from nothing (ours: compile + first call)."), "",
                   ("| peer | version | forward ms | train step ms | scan ÷ peer (train) | "
                   f"best ours ({best['variant'] if best else '-'}) ÷ peer (train) | "
-                  "scan ÷ peer (fwd) | first train result s | scan ÷ peer (first result) | check |"),
+                  "scan ÷ peer (fwd) | first train result s | "
+                  "scan ÷ peer (first result) | check |"),
                   "|---|---|---|---|---|---|---|---|---|---|"]
         if scan:
             lines.append(f"| ours (scan) | | {_ms(scan['forward']['median_s'])} | "
@@ -101,6 +104,8 @@ def tutorial_tables(result) -> str:
                 lines.append(f"| {e['impl']} | {e['status']}: {e['note']} | | | | | | | | |")
                 continue
             chk = e["check"] or {}
+            first_ratio = _ratio(first_result_s(scan, "train") if scan else None,
+                                 first_result_s(e, "train"))
             lines.append(
                 f"| {e['impl']} | {e.get('version') or ''} | {_ms(e['forward']['median_s'])} "
                 f"[{_ms(e['forward']['iqr_s'])}] | {_ms(e['train']['median_s'])} "
@@ -109,8 +114,9 @@ def tutorial_tables(result) -> str:
                 f"{_ratio(_get(best, 'train', 'median_s'), e['train']['median_s'])} | "
                 f"{_ratio(_get(scan, 'forward', 'median_s'), e['forward']['median_s'])} | "
                 f"{_s(first_result_s(e, 'train'))} | "
-                f"{_ratio(first_result_s(scan, 'train') if scan else None, first_result_s(e, 'train'))} | "
-                f"{'ok' if chk.get('passed') else 'FAIL'} ({chk.get('forward_max_abs_diff', float('nan')):.0e})"
+                f"{first_ratio} | "
+                f"{'ok' if chk.get('passed') else 'FAIL'} "
+                f"({chk.get('forward_max_abs_diff', float('nan')):.0e})"
                 f"{'; ' + e['note'] if e['note'] else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -153,7 +159,8 @@ def sweep_table(result, sweep: str, part: str = "train", key: str = "median_s",
                 x = e[part][key]
                 base = scan[v]
                 rel = ""
-                if base is not None and base["status"] == "ok" and base.get(part) and name != "scan":
+                if (base is not None and base["status"] == "ok" and base.get(part)
+                        and name != "scan"):
                     rel = f" ({x / base[part][key]:.2f}x)"
                 row.append(fmt(x) + rel)
         lines.append(f"| {name} | " + " | ".join(row) + " |")

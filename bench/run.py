@@ -53,12 +53,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="time the forward pass (inference) only, no train step")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: bench/results)")
     p.add_argument("--device", default=None,
-                   help="JAX platform to run on: cpu, gpu (or cuda), tpu; default: jax.devices()[0]")
+                   help="JAX platform to run on: cpu, gpu (or cuda), tpu; "
+                        "default: jax.devices()[0]")
     p.add_argument("--strategies", default=None,
                    help="comma list of variants to run (e.g. scan,scan/u8,loop,fori); default: all")
     p.add_argument("--sweep-strategies", default=None,
-                   help="variants for the sweeps other than 'tutorial' (default: same as --strategies)")
-    p.add_argument("--unrolls", default="1,2,4,8,16", help="scan unroll values (default 1,2,4,8,16)")
+                   help="variants for the sweeps other than 'tutorial' "
+                        "(default: same as --strategies)")
+    p.add_argument("--unrolls", default="1,2,4,8,16",
+                   help="scan unroll values (default 1,2,4,8,16)")
     p.add_argument("--peers", default="keras,flax_linen,torch",
                    help="comma list of peers, or 'none' (default: keras,flax_linen,torch)")
     p.add_argument("--peers-in-sweeps", action="store_true",
@@ -66,24 +69,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch.set_num_threads for the PyTorch peer (default 0: torch's default)")
     p.add_argument("--loop-max-T", type=int, default=200,
-                   help="skip the unrolled 'loop' strategy above this T (compile time; default 200)")
+                   help="skip the unrolled 'loop' strategy above this T "
+                        "(compile time; default 200)")
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                   help="'keep' (default): raise glibc's mmap/trim thresholds for the whole process "
+                   help="'keep' (default): raise glibc's mmap/trim thresholds "
+                        "for the whole process "
                         "(ours and the peers alike), as the stackrnn command does "
                         "(stackrnn_jax/allocator.py); 'default': glibc's own behaviour")
     p.add_argument("--parallel-max-T", type=int, default=200,
-                   help="skip the parallel-in-time strategies (parallel, parallel_quasi) above this T "
+                   help="skip the parallel-in-time strategies (parallel, parallel_quasi) "
+                        "above this T "
                         "(default 200; their T curve is `python -m bench.parallel`)")
     p.add_argument("--T-values", type=_int_list, default=None, help="T sweep values")
     p.add_argument("--L-values", type=_int_list, default=None, help="L sweep values")
     p.add_argument("--H-values", type=_int_list, default=None, help="H sweep values")
     p.add_argument("--B-values", type=_int_list, default=None, help="B sweep values")
     p.add_argument("--cells", default=None, help="cell sweep values (default simple,gru,lstm)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 10; quick 2)")
-    p.add_argument("--min-repeats", type=int, default=None, help="at least this many timed calls (default 3; quick 2)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (default 1)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per measurement (default 10; quick 2)")
+    p.add_argument("--min-repeats", type=int, default=None,
+                   help="at least this many timed calls (default 3; quick 2)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed calls before timing (default 1)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="stop repeating after this many seconds once min-repeats are done (default 2; quick 0.5)")
+                   help="stop repeating after this many seconds once min-repeats are done "
+                        "(default 2; quick 0.5)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--note", default="", help="free text stored with the machine description")
     args = p.parse_args(argv)
@@ -99,7 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad:
         p.error(f"--sweep: unknown {bad}; choose from {list(ALL_SWEEPS)} or 'all'")
     args.sweeps = sweeps
-    args.peer_list = [] if args.peers.strip() in ("", "none") else [s.strip() for s in args.peers.split(",")]
+    args.peer_list = ([] if args.peers.strip() in ("", "none")
+                      else [s.strip() for s in args.peers.split(",")])
     from bench.peers import PEERS
     bad = [s for s in args.peer_list if s not in PEERS]
     if bad:

@@ -49,7 +49,8 @@ def machine(note: str = "") -> dict:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as file:
-            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in file
+                       if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -82,7 +83,8 @@ def markdown(results: list[dict], info: dict) -> str:
     lines = ["| preset | seed | test accuracy | best epoch / epochs | train wall time | s/epoch "
              "| outside jit |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['preset']} | {r['seed']} | {r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} | "
+        lines.append(f"| {r['preset']} | {r['seed']} | {r['test_accuracy']:.4f} | "
+                     f"{r['best_epoch']} / {r['epochs']} | "
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")
     lines += seed_table(results)
@@ -111,12 +113,14 @@ def seed_table(results: list[dict]) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="aclImdb tar.gz or folder (default: $STACKRNN_IMDB_PATH, else download)")
+    parser.add_argument("--data", help="aclImdb tar.gz or folder "
+                        "(default: $STACKRNN_IMDB_PATH, else download)")
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"),
                         help="where summary.json and summary.md go")
     parser.add_argument("--runs", type=Path,
                         help="where the runs' work directories go (default: --out)")
-    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(DEFAULT_PRESETS))
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS),
+                        default=list(DEFAULT_PRESETS))
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (smoke runs)")
     parser.add_argument("--strategy", help="override the execution strategy (same function, "
                         "float32 rounding differs)")

@@ -50,16 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      metavar="{train,evaluate,predict,export}")
     defaults = TrainConfig()
 
-    train = commands.add_parser("train", help="train a model; keep the best epoch by validation accuracy",
-                                description="Train on IMDB. Precedence: defaults < --preset < --config file < flags.")
+    train = commands.add_parser("train",
+                                help="train a model; keep the best epoch by validation accuracy",
+                                description="Train on IMDB. Precedence: "
+                                            "defaults < --preset < --config file < flags.")
     train.set_defaults(run=_train)
     _add_run_options(train, data=True)
     train.add_argument("--preset", choices=list(PRESETS), help="named recipe (default: tutorial)")
-    train.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file of config fields")
+    train.add_argument("--config", type=Path, metavar="FILE",
+                       help="JSON or TOML file of config fields")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in --workdir (by default a run there with the same "
                             "config resumes from its latest checkpoint)")
-    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    train.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar")
     group = train.add_argument_group("config fields (defaults: the classic Keras tutorial)")
     flag = _field_adder(group, defaults)
     flag("cell", choices=CELLS)
@@ -89,25 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     flag("strategy", choices=sorted(STRATEGIES), help="how the timesteps execute")
     flag("unroll", type=int, help="timesteps per loop iteration (scan)")
     flag("log_every", type=int, help="steps between host syncs: progress bar, NaN/Inf check")
-    flag("checkpoint_every", type=int, help="steps between mid-epoch checkpoints (0: epoch ends only)")
+    flag("checkpoint_every", type=int,
+         help="steps between mid-epoch checkpoints (0: epoch ends only)")
     flag("keep_checkpoints", type=int, help="latest resumable checkpoints kept")
     flag("on_nonfinite", choices=NONFINITE_POLICIES, help="on a NaN/Inf loss or gradient")
     flag("tensorboard", metavar="DIR", help="write TensorBoard scalars there (needs tensorboardX)")
     multi = train.add_argument_group("multi-host (jax.distributed; see the README)")
     multi.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() (TPU pods, SLURM, ... detected by JAX; "
+                       help="call jax.distributed.initialize() "
+                            "(TPU pods, SLURM, ... detected by JAX; "
                             "also implied by $JAX_COORDINATOR_ADDRESS)")
     multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     multi.add_argument("--num-processes", type=int, help="processes in the run")
     multi.add_argument("--process-id", type=int, help="this process's index")
 
     evaluate = commands.add_parser("evaluate", help="test loss and accuracy of a run's best epoch",
-                                   description="Evaluate a run's best epoch on the whole IMDB test split.")
+                                   description="Evaluate a run's best epoch "
+                                               "on the whole IMDB test split.")
     evaluate.set_defaults(run=_evaluate)
     _add_run_options(evaluate, data=True)
 
     predict = commands.add_parser("predict", help="P(positive) and label of review texts",
-                                  description="Score reviews with a run's best epoch and vocabulary.")
+                                  description="Score reviews with a run's best epoch "
+                                              "and vocabulary.")
     predict.set_defaults(run=_predict)
     _add_run_options(predict, data=False)
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="review texts; '-' reads stdin")
@@ -281,11 +289,13 @@ def _add_run_options(parser, *, data: bool) -> None:
     parser.add_argument("--workdir", type=Path, required=True, help="the run's directory")
     if data:
         parser.add_argument("--data", metavar="PATH",
-                            help="aclImdb tar.gz or folder (default: $STACKRNN_IMDB_PATH, else download)")
+                            help="aclImdb tar.gz or folder "
+                                 "(default: $STACKRNN_IMDB_PATH, else download)")
 
 
 def _field_adder(group, defaults: TrainConfig):
-    """``flag(field, *aliases, **kw)`` adds ``--field-name`` (default None: unset flags do not override)."""
+    """``flag(field, *aliases, **kw)`` adds ``--field-name`` (default None: unset flags do not
+    override)."""
 
     def flag(name, *aliases, help=None, **kwargs):
         shown = f"default: {getattr(defaults, name)}"

@@ -93,7 +93,8 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {self.val_fraction}")
+            raise ValueError(f"val_fraction: expected a fraction in (0, 1), "
+                             f"got {self.val_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
         if (self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0

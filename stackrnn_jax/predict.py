@@ -78,7 +78,8 @@ def evaluate_run(run: Run, data=None, *, cache_dir=None, data_dir=None) -> dict[
 def check_texts(texts: Sequence[str]) -> list[str]:
     """The reviews to score, or ValueError if there are none or one is blank or not text."""
     if not texts:
-        raise ValueError("no review given: pass review texts as arguments, --file PATH, or - for stdin")
+        raise ValueError("no review given: pass review texts as arguments, --file PATH, "
+                         "or - for stdin")
     for number, text in enumerate(texts, start=1):
         if not isinstance(text, str) or "\x00" in text:
             raise ValueError(f"review {number} is not text")

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ EXECUTION_FIELDS = ("strategy", "unroll", "log_every", "checkpoint_every", "keep
 
 
 class RunError(ValueError):
-    """A work directory is missing, unreadable or holds an incompatible run; one line for the user."""
+    """A work directory is missing, unreadable or holds an incompatible run; one line for the
+    user."""
 
 
 def identity(config: TrainConfig) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def is_run(workdir: str | Path) -> bool:
 
 
 @contextlib.contextmanager
-def lock(workdir: str | Path):
+def lock(workdir: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on ``workdir`` (created if needed) while the block runs.
 
     A second ``train`` on the same work directory is refused rather than allowed to
@@ -167,7 +169,8 @@ def read_vocab(workdir: str | Path):
     path = Path(workdir) / VOCAB
     try:
         return Vocabulary.load(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+            ValueError) as error:
         raise RunError(f"{path}: no readable vocabulary ({error})") from error
 
 
@@ -203,7 +206,7 @@ def restore_best(workdir: str | Path, abstract_params):
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(path, abstract_params), info
     except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise bare Exceptions too
-        cause = error
+        cause: BaseException = error
         while cause.__cause__ is not None:  # tensorstore's own error says what is wrong
             cause = cause.__cause__
         raise RunError(f"{path}: damaged checkpoint ({first_line(cause)}); restore it from a "
@@ -259,7 +262,8 @@ def _read_best(workdir: str | Path) -> dict[str, Any]:
     and replaced by ``save_best``: a hand-edited ``../victim`` must not be removed)."""
     path = Path(workdir) / BEST
     if not path.is_file():
-        raise RunError(f"no best checkpoint in {workdir} (missing {BEST}): did training finish an epoch?")
+        raise RunError(f"no best checkpoint in {workdir} (missing {BEST}): "
+                       "did training finish an epoch?")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(info.get("checkpoint"), str):
@@ -292,6 +296,6 @@ def _finite_or_none(value):
 
 def _differences(old: TrainConfig, new: TrainConfig) -> str:
     """``"cell: 'simple' -> 'lstm', ..."`` for the fields that differ, execution fields aside."""
-    old, new = old.to_dict(), new.to_dict()
-    return ", ".join(f"{name}: {old[name]!r} -> {new[name]!r}" for name in old
-                     if name not in EXECUTION_FIELDS and old[name] != new[name])
+    before, after = old.to_dict(), new.to_dict()
+    return ", ".join(f"{name}: {before[name]!r} -> {after[name]!r}" for name in before
+                     if name not in EXECUTION_FIELDS and before[name] != after[name])

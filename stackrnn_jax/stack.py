@@ -223,8 +223,8 @@ def _check_choice(name, value, choices):
 def _check_params(params, cell: Cell, features: int, merge: str):
     """Check the layer shapes chain; return ``(bidirectional, units per layer)``."""
     if not isinstance(params, (list, tuple)) or len(params) == 0:
-        raise ValueError("params: expected a non-empty list of layers, got "
-                         f"{'zero layers' if isinstance(params, (list, tuple)) else type(params).__name__}")
+        got = "zero layers" if isinstance(params, (list, tuple)) else type(params).__name__
+        raise ValueError(f"params: expected a non-empty list of layers, got {got}")
     bidirectional = isinstance(params[0], dict) and "forward" in params[0]
     units, width = [], features
     for index, layer in enumerate(params):
@@ -240,7 +240,8 @@ def _check_params(params, cell: Cell, features: int, merge: str):
             kernel, recurrent = np.shape(p["kernel"]), np.shape(p["recurrent_kernel"])
             n = recurrent[0] if len(recurrent) == 2 else -1
             if len(recurrent) != 2 or recurrent != (n, cell.gates * n):
-                raise ValueError(f"params[{index}]: recurrent_kernel shape {recurrent} does not fit "
+                raise ValueError(f"params[{index}]: recurrent_kernel shape {recurrent} "
+                                 f"does not fit "
                                  f"cell {cell.name!r}; expected (units, {cell.gates}*units)")
             if kernel != (width, cell.gates * n):
                 what = "x features" if index == 0 else f"layer {index - 1} output width"

@@ -62,7 +62,8 @@ def create_model(config: TrainConfig, *, seed: int | None = None) -> SentimentCl
 
 
 def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup over ``warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
+    """Linear warmup over ``warmup_steps``, then constant or cosine decay to 0 at
+    ``total_steps``."""
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
     if config.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
@@ -76,7 +77,9 @@ def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
 def create_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """Adam on the schedule, after global-norm clipping when ``clip_norm > 0``."""
     adam = optax.adam(learning_rate(config, total_steps))
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam) if config.clip_norm else adam
+    if not config.clip_norm:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
 
 
 def zero_totals() -> Totals:
@@ -94,7 +97,8 @@ def summarize(totals: Totals) -> dict[str, float]:
 
 
 def model_logits(model, batch, config: TrainConfig):
-    """Logits ``(B,)`` of ``batch["ids"] (B, T)``; true lengths are passed only with ``config.mask``."""
+    """Logits ``(B,)`` of ``batch["ids"] (B, T)``; true lengths are passed only with
+    ``config.mask``."""
     lengths = batch["lengths"] if config.mask else None
     return model(batch["ids"], lengths, padding=config.padding)
 
@@ -111,7 +115,7 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
+def make_train_step(graphdef, config: TrainConfig, replicated=None) -> jax.stages.Wrapped:
     """``step(state, totals, batch, step_index) -> (state, totals)``, jitted, inputs donated.
 
     ``state`` is ``nnx.split((model, optimizer))[1]``; ``batch`` holds ``ids (B, T)``,
@@ -152,7 +156,8 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> Callable:
                                                jnp.minimum(totals["first_nonfinite"], step_index))}
         return new_state, totals
 
-    shardings = {} if replicated is None else {"out_shardings": (replicated, replicated)}
+    shardings: dict[str, Any] = ({} if replicated is None
+                                 else {"out_shardings": (replicated, replicated)})
     return jax.jit(step, donate_argnums=(0, 1), **shardings)
 
 
@@ -189,7 +194,8 @@ class Timer:
 
 
 class Position:
-    """Where the loop stands: the next ``epoch`` (1-based) and ``batch`` of it, ``step`` (global)."""
+    """Where the loop stands: the next ``epoch`` (1-based) and ``batch`` of it, ``step``
+    (global)."""
 
     def __init__(self, epoch: int = 1, batch: int = 0, step: int = 0):
         self.epoch, self.batch, self.step = epoch, batch, step
@@ -239,10 +245,10 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
             bar.update(index - done)
             done = index
             timer.lap("log")
-        if save:
+        if save and on_checkpoint is not None:
             on_checkpoint(state, totals, position)
             timer.lap("log")
-            if stop is not None and stop.requested:
+            if stop is not None and stop.signum is not None:  # a signal was requested
                 bar.close()
                 raise TrainingInterrupted(
                     f"interrupted (signal {stop.signum}) at epoch {epoch}, step {position.step}; "
@@ -254,7 +260,8 @@ def train_epoch(step: Callable, state, split: EncodedSplit, config: TrainConfig,
 
 
 def _check_finite(totals: Totals, config: TrainConfig, epoch: int) -> None:
-    """(``totals`` on the host.) Raise ``NonFiniteError`` if a step this epoch was not finite and the policy is "stop"."""
+    """(``totals`` on the host.) Raise ``NonFiniteError`` if a step this epoch was not finite
+    and the policy is "stop"."""
     if config.on_nonfinite == "stop" and int(totals["nonfinite"]):
         first = int(totals["first_nonfinite"])
         raise NonFiniteError(
@@ -327,10 +334,7 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
     out = out or sys.stdout
     writer = distributed.is_writer()
     workdir = Path(workdir)
-    if config.batch_size > len(train):
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train)} training "
-                         f"reviews; choose --batch-size {len(train)} or less")
-    memory.check_config(config)
+    _check_fits(config, train)
     layout = distributed.DataParallel(config.batch_size)
     steps = num_batches(len(train), config.batch_size, drop_remainder=False)
     model = create_model(config)
@@ -348,16 +352,13 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
     restored = checkpoints.restore_latest(state) if resume else None
     if restored is not None:
         state, saved = restored
-        position = Position(saved["epoch"], saved["batch"], saved["step"])
-        if position.epoch > config.epochs:  # finished: its files are not ours to rewrite
+        if saved["epoch"] > config.epochs:  # finished: its files are not ours to rewrite
             checkpoints.close()
             if writer:
                 print(f"The run in {workdir} has already trained its {config.epochs} epochs; "
                       "pass --overwrite to train it again", file=out, flush=True)
             return _with_totals(saved["history"])
-        history = {**saved["history"], "config": config.to_dict(), "devices": layout.devices,
-                   "processes": jax.process_count()}
-        totals = _totals_from_json(saved["totals"]) if saved["totals"] else None
+        position, totals, history = _resumed(saved, config, layout)
         if writer:  # the execution fields may have changed (run_dir.prepare left it alone)
             _write(workdir, run_dir.write_json, workdir / run_dir.CONFIG, config.to_dict())
             print(f"Resuming from step {position.step} (epoch {position.epoch}, batch "
@@ -389,15 +390,9 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             scalars.validation(position.step, val_metrics)
             history["epochs"].append(row)
             if writer:
-                print(f"Epoch {epoch}/{config.epochs} - {row['time_s']:.0f}s - loss: {row['loss']:.4f} - "
-                      f"accuracy: {row['accuracy']:.4f} - val_loss: {row['val_loss']:.4f} - "
-                      f"val_accuracy: {row['val_accuracy']:.4f}"
-                      + (f" - skipped {row['skipped_steps']} non-finite steps"
-                         if row["skipped_steps"] else ""), file=out, flush=True)
+                print(_epoch_line(row, config.epochs), file=out, flush=True)
             if history["best_epoch"] is None or row["val_accuracy"] > history["best_val_accuracy"]:
-                history["best_epoch"], history["best_val_accuracy"] = epoch, row["val_accuracy"]
-                best = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")}
-                _write(workdir, run_dir.save_best, workdir, nnx.filter_state(state[0], nnx.Param), best)
+                _keep_best(workdir, history, row, state[0])
             if writer:
                 _write(workdir, run_dir.write_history, workdir, _with_totals(history))
             save_checkpoint(state, None, position)  # the epoch is done: resume at the next
@@ -405,11 +400,51 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
     if writer:
         _write(workdir, run_dir.write_history, workdir, history)
         plot_history(history["epochs"], workdir / run_dir.PLOT)
-        print(f"Best epoch: {history['best_epoch']} (val_accuracy {history['best_val_accuracy']:.4f}); "
-              f"{100 * history['outside_share']:.1f}% of the time outside the jitted steps "
-              f"(data {history['data_s']:.1f}s, logging {history['log_s']:.1f}s of "
-              f"{history['time_s']:.0f}s); run saved in {workdir}", file=out, flush=True)
+        print(_summary_line(history, workdir), file=out, flush=True)
     return history
+
+
+def _check_fits(config: TrainConfig, train: EncodedSplit) -> None:
+    """Refuse a batch larger than the training set, or a run that cannot fit in memory."""
+    if config.batch_size > len(train):
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train)} "
+                         f"training reviews; choose --batch-size {len(train)} or less")
+    memory.check_config(config)
+
+
+def _resumed(saved: dict, config: TrainConfig, layout: distributed.DataParallel
+             ) -> tuple[Position, Totals | None, dict[str, Any]]:
+    """Where a restored checkpoint resumes: position, the epoch's sums so far, history."""
+    position = Position(saved["epoch"], saved["batch"], saved["step"])
+    totals = _totals_from_json(saved["totals"]) if saved["totals"] else None
+    history = {**saved["history"], "config": config.to_dict(), "devices": layout.devices,
+               "processes": jax.process_count()}
+    return position, totals, history
+
+
+def _keep_best(workdir: Path, history: dict[str, Any], row: dict, model_state) -> None:
+    """Record ``row``'s epoch as the best so far and save its parameters."""
+    history["best_epoch"], history["best_val_accuracy"] = row["epoch"], row["val_accuracy"]
+    best = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")}
+    _write(workdir, run_dir.save_best, workdir, nnx.filter_state(model_state, nnx.Param), best)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    """The Keras-style line printed after each epoch."""
+    skipped = (f" - skipped {row['skipped_steps']} non-finite steps"
+               if row["skipped_steps"] else "")
+    return (f"Epoch {row['epoch']}/{epochs} - {row['time_s']:.0f}s - loss: {row['loss']:.4f} - "
+            f"accuracy: {row['accuracy']:.4f} - val_loss: {row['val_loss']:.4f} - "
+            f"val_accuracy: {row['val_accuracy']:.4f}{skipped}")
+
+
+def _summary_line(history: dict[str, Any], workdir: Path) -> str:
+    """The line printed when training ends: best epoch and where the time went."""
+    return (f"Best epoch: {history['best_epoch']} "
+            f"(val_accuracy {history['best_val_accuracy']:.4f}); "
+            f"{100 * history['outside_share']:.1f}% of the time outside the jitted steps "
+            f"(data {history['data_s']:.1f}s, logging {history['log_s']:.1f}s of "
+            f"{history['time_s']:.0f}s); run saved in {workdir}")
 
 
 def _compiled_train_step(graphdef, config: TrainConfig, layout: distributed.DataParallel,
@@ -463,7 +498,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
                                cache_dir=cache_dir, data_dir=data_dir)
         check_reviews(encoded.train, "train")
         if distributed.is_writer():
-            _keep_vocab(workdir, encoded.vocab, resume)
+            _keep_vocab(Path(workdir), encoded.vocab, resume)
         train, val = split_validation(encoded.train, config.val_fraction, config.seed)
         return fit(config, train, val, workdir, progress=progress, out=out, resume=resume)
 

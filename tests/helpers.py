@@ -58,7 +58,8 @@ TINY = ["--num-words", "40", "--maxlen", "16", "--units", "8", "--embed-dim", "8
 
 
 def write_archive(path, seed=0, empty=0):
-    """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives "awful boring".
+    """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives
+    "awful boring".
 
     The first ``empty`` reviews of each split and label are empty files.
     """
@@ -69,7 +70,8 @@ def write_archive(path, seed=0, empty=0):
                 for index in range(PER_CLASS):
                     filler = " ".join(rng.choice(FILLER, rng.integers(3, 10)))
                     data = f"{filler} {words} {filler}.".encode() if index >= empty else b""
-                    member = tarfile.TarInfo(f"aclImdb/{split}/{label}/{index}_{7 if label == 'pos' else 2}.txt")
+                    member = tarfile.TarInfo(f"aclImdb/{split}/{label}/"
+                                             f"{index}_{7 if label == 'pos' else 2}.txt")
                     member.size = len(data)
                     archive.addfile(member, io.BytesIO(data))
     return path

@@ -57,8 +57,10 @@ def test_train_prints_epochs_and_saves_the_run(trained):
     assert re.search(r"^Epoch 3/3 - \d+s - loss: \d\.\d{4} - accuracy: \d\.\d{4} - "
                      r"val_loss: \d\.\d{4} - val_accuracy: \d\.\d{4}$", out, re.M)
     config = json.loads((workdir / run_dir.CONFIG).read_text())
-    assert (config["units"], config["maxlen"], config["mask"], config["cell"]) == (8, 16, True, "simple")
-    for name in (run_dir.VOCAB, run_dir.BEST, run_dir.HISTORY_JSON, run_dir.HISTORY_CSV, run_dir.PLOT):
+    assert ((config["units"], config["maxlen"], config["mask"], config["cell"])
+            == (8, 16, True, "simple"))
+    for name in (run_dir.VOCAB, run_dir.BEST, run_dir.HISTORY_JSON, run_dir.HISTORY_CSV,
+                 run_dir.PLOT):
         assert (workdir / name).is_file(), name
 
 
@@ -88,9 +90,11 @@ def test_predict_arguments_file_and_stdin(trained, capsys, tmp_path, monkeypatch
 
 
 def test_python_dash_m_runs_the_cli():
-    result = subprocess.run([sys.executable, "-m", "stackrnn_jax", "predict", "--workdir", "/nonexistent", "x"],
+    result = subprocess.run([sys.executable, "-m", "stackrnn_jax", "predict", "--workdir",
+                             "/nonexistent", "x"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and result.stderr.startswith("error: no trained run in /nonexistent")
+    assert result.returncode == 1 and result.stderr.startswith(
+        "error: no trained run in /nonexistent")
 
 
 def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
@@ -118,7 +122,8 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, status, mess
 def test_non_text_and_empty_predict_input(capsys, tmp_path, monkeypatch):
     binary = tmp_path / "reviews.bin"
     binary.write_bytes(b"\xff\xfe\x00\x01")
-    assert "not UTF-8 text" in run_error(capsys, ["predict", "--workdir", "w", "--file", str(binary)])
+    assert "not UTF-8 text" in run_error(capsys, ["predict", "--workdir", "w",
+                                                  "--file", str(binary)])
     (tmp_path / "blank.txt").write_text("\n  \n")
     assert "no review given" in run_error(capsys, ["predict", "--workdir", "w", "--file",
                                                    str(tmp_path / "blank.txt")])
@@ -146,7 +151,8 @@ def test_broken_run_is_one_line(trained, capsys, tmp_path):
         (broken / name).write_text((workdir / name).read_text())
     assert "no best checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken), "good"])
     (broken / run_dir.BEST).write_text('{"epoch": 1, "checkpoint": "checkpoints/epoch_9"}')
-    assert "unreadable checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken), "good"])
+    assert "unreadable checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken),
+                                                         "good"])
     (broken / run_dir.CONFIG).write_text("{not json")
     assert "unreadable" in run_error(capsys, ["evaluate", "--workdir", str(broken)])
 
@@ -154,7 +160,8 @@ def test_broken_run_is_one_line(trained, capsys, tmp_path):
 def test_unreadable_archive_is_one_data_error_line(capsys, tmp_path):
     archive = tmp_path / "aclImdb.tar.gz"
     archive.write_text("not a tar archive")
-    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"), "--data", str(archive)])
+    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"),
+                                 "--data", str(archive)])
     assert "not a readable tar archive" in message
 
 
@@ -174,7 +181,8 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(trained, capsys, tmp_p
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert re.search(r"Resuming from step \d+ \(epoch 2, batch 3 of \d+\)", out)
-    assert [line[:9] for line in out.splitlines() if line.startswith("Epoch")] == ["Epoch 2/3", "Epoch 3/3"]
+    assert ([line[:9] for line in out.splitlines() if line.startswith("Epoch")]
+            == ["Epoch 2/3", "Epoch 3/3"])
     assert main(argv) == 0  # a finished run is reported, not retrained
     assert "already trained its 3 epochs" in capsys.readouterr().out
     assert main(["evaluate", "--workdir", str(tmp_path / "run"), "--data", str(archive)]) == 0
@@ -182,5 +190,6 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(trained, capsys, tmp_p
 
 def test_multi_host_flags_without_a_coordinator_are_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
-    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"), "--num-processes", "2"])
+    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"),
+                                 "--num-processes", "2"])
     assert "--num-processes and --process-id need --coordinator" in message

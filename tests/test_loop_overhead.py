@@ -46,7 +46,8 @@ def test_tiny_run_writes_the_tables_and_the_floor(tmp_path, monkeypatch):
     assert floor["in_loop_gflops_per_s"] == result["loops"]["step_scan"]["gflops_per_s"]
     assert set(result["ours"]) == set(loop_overhead.STRATEGIES)
     table = (tmp_path / "loop_overhead.md").read_text()
-    assert "Train-step floor" in table and "Half the fastest peer's train step (keras): 0.500 ms" in table
+    assert ("Train-step floor" in table
+            and "Half the fastest peer's train step (keras): 0.500 ms" in table)
 
 
 def test_strategies_option_rejects_unknown_names(tmp_path):

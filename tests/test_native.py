@@ -144,7 +144,8 @@ def test_failed_build_reports_the_compiler_error_and_leaves_no_file(tmp_path, mo
     broken.write_text("int main( { return 0; }\n")
     monkeypatch.setattr(native, "SOURCES", (broken,))
     monkeypatch.setenv("STACKRNN_NATIVE_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(native.NativeUnavailable, match=r"building broken.cc with .* failed: .*error"):
+    with pytest.raises(native.NativeUnavailable,
+                       match=r"building broken.cc with .* failed: .*error"):
         native._build("c++", jax.ffi.include_dir(), "k")
     assert not list((tmp_path / "cache").glob("*.so"))
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # scratch removed
@@ -154,7 +155,8 @@ def test_unwritable_cache_is_one_line(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("STACKRNN_NATIVE_CACHE", str(blocker / "cache"))  # below a file
-    with pytest.raises(native.NativeUnavailable, match=r"cannot write the kernel cache .*STACKRNN_NATIVE_CACHE"):
+    with pytest.raises(native.NativeUnavailable,
+                       match=r"cannot write the kernel cache .*STACKRNN_NATIVE_CACHE"):
         native._build("c++", jax.ffi.include_dir(), "k")
 
 

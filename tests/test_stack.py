@@ -79,7 +79,8 @@ def test_float32_matches_reference(cell, strategy):
     kw = dict(cell=cell, lengths=LENGTHS, padding="pre")
     assert sequences.dtype == jnp.float32
     assert max_error((sequences, states),
-                      reference_rnn(params, x, return_sequences=True, return_state=True, **kw)) < 1e-5
+                      reference_rnn(params, x, return_sequences=True, return_state=True,
+                                    **kw)) < 1e-5
     assert max_error(last, reference_rnn(params, x, **kw)) < 1e-5
 
 
@@ -194,23 +195,33 @@ def test_dropout_needs_a_key_and_is_reproducible():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda p, x: stacked_rnn(p, x[0, 0]), r"x: expected shape \(batch, time, features\).*got shape \(4,\)"),
-    (lambda p, x: stacked_rnn(p, x[..., :3]), r"params\[0\]: kernel shape \(4, 5\) does not match the x features 3"),
+    (lambda p, x: stacked_rnn(p, x[0, 0]),
+     r"x: expected shape \(batch, time, features\).*got shape \(4,\)"),
+    (lambda p, x: stacked_rnn(p, x[..., :3]),
+     r"params\[0\]: kernel shape \(4, 5\) does not match the x features 3"),
     (lambda p, x: stacked_rnn(p, x, lengths=np.array([1, 2])), r"lengths: expected shape \(3,\)"),
-    (lambda p, x: stacked_rnn(p, x, lengths=np.array([1, 2, 8])), r"lengths: expected values in \[0, 7\].*max 8"),
-    (lambda p, x: stacked_rnn(p, x, lengths=np.array([1.0, 2.0, 3.0])), r"lengths: expected integers"),
+    (lambda p, x: stacked_rnn(p, x, lengths=np.array([1, 2, 8])),
+     r"lengths: expected values in \[0, 7\].*max 8"),
+    (lambda p, x: stacked_rnn(p, x, lengths=np.array([1.0, 2.0, 3.0])),
+     r"lengths: expected integers"),
     (lambda p, x: stacked_rnn(p, x, cell="transformer"), r"cell: unknown cell 'transformer'"),
-    (lambda p, x: stacked_rnn(p, x, cell="lstm"), r"recurrent_kernel shape \(5, 5\) does not fit cell 'lstm'"),
+    (lambda p, x: stacked_rnn(p, x, cell="lstm"),
+     r"recurrent_kernel shape \(5, 5\) does not fit cell 'lstm'"),
     (lambda p, x: stacked_rnn(p, x, strategy="magic"), r"strategy: unknown strategy 'magic'"),
-    (lambda p, x: stacked_rnn([], x), r"params: expected a non-empty list of layers, got zero layers"),
-    (lambda p, x: stacked_rnn(p, x, padding="middle"), r"padding: expected one of \['post', 'pre'\]"),
+    (lambda p, x: stacked_rnn([], x),
+     r"params: expected a non-empty list of layers, got zero layers"),
+    (lambda p, x: stacked_rnn(p, x, padding="middle"),
+     r"padding: expected one of \['post', 'pre'\]"),
     (lambda p, x: stacked_rnn(p, x, unroll=0), r"unroll: expected a positive int, got 0"),
     (lambda p, x: stacked_rnn(p, x, dropout=1.0), r"dropout: expected a rate in \[0, 1\)"),
     (lambda p, x: stacked_rnn(p, x, activation="gelu"), r"activation: unknown activation 'gelu'"),
-    (lambda p, x: stacked_rnn(p, x, initial_state=[jnp.zeros((3, 5))]), r"initial_state: expected one state per layer \(2\), got 1"),
-    (lambda p, x: stacked_rnn(p, x, initial_state=[jnp.zeros((3, 5)), jnp.zeros((2, 5))]), r"initial_state\[1\]: expected h of shape \(3, 5\)"),
+    (lambda p, x: stacked_rnn(p, x, initial_state=[jnp.zeros((3, 5))]),
+     r"initial_state: expected one state per layer \(2\), got 1"),
+    (lambda p, x: stacked_rnn(p, x, initial_state=[jnp.zeros((3, 5)), jnp.zeros((2, 5))]),
+     r"initial_state\[1\]: expected h of shape \(3, 5\)"),
     (lambda p, x: stacked_rnn(p, x[:, :0]), r"x: expected at least one timestep"),
-    (lambda p, x: init_params(jax.random.PRNGKey(0), 4, []), r"units: expected at least one layer, got zero layers"),
+    (lambda p, x: init_params(jax.random.PRNGKey(0), 4, []),
+     r"units: expected at least one layer, got zero layers"),
     (lambda p, x: init_params(jax.random.PRNGKey(0), 4, [5, 0]), r"units: expected positive ints"),
 ])
 def test_bad_input_raises_one_clear_value_error(call, message):

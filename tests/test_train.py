@@ -29,7 +29,8 @@ def trained(tmp_path_factory):
     """One small run shared by the tests below: ``(workdir, history, printed lines)``."""
     workdir = tmp_path_factory.mktemp("run")
     run_dir.prepare(workdir, TRAIN_CONFIG)
-    Vocabulary(TRAIN_CONFIG.num_words, tuple(f"w{i}" for i in range(17))).save(workdir / run_dir.VOCAB)
+    Vocabulary(TRAIN_CONFIG.num_words, tuple(f"w{i}" for i in range(17))).save(
+        workdir / run_dir.VOCAB)
     lines = []
 
     class Out:
@@ -121,7 +122,8 @@ def test_clipping_bounds_the_gradient_adam_sees(clip_norm, seen_norm):
 def test_workdir_with_another_config_is_refused(tmp_path):
     run_dir.prepare(tmp_path / "w", TRAIN_CONFIG)
     (tmp_path / "w" / run_dir.TRAIN_STATE / "3").mkdir(parents=True)  # a checkpoint: a run
-    run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(strategy="loop", log_every=1))  # same model
+    # same model
+    run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(strategy="loop", log_every=1))
     with pytest.raises(run_dir.RunError, match="cell: 'simple' -> 'gru'"):
         run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(cell="gru"))
     run_dir.prepare(tmp_path / "w", TRAIN_CONFIG.replace(cell="gru"), overwrite=True)

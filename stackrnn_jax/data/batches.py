@@ -74,7 +74,8 @@ def _batch_indices(lengths: np.ndarray, batch_size: int, shuffle: bool, seed: in
 def _check_sharding(sharding, batch_size: int) -> None:
     if (not isinstance(sharding, NamedSharding) or not len(sharding.spec)
             or sharding.spec[0] != DATA_AXIS):
-        raise ValueError(f"sharding must be a NamedSharding that splits the batch axis over mesh axis "
+        raise ValueError(f"sharding must be a NamedSharding that splits the batch axis "
+                         f"over mesh axis "
                          f"{DATA_AXIS!r}, e.g. NamedSharding(mesh, PartitionSpec({DATA_AXIS!r})); "
                          f"got {sharding!r}")
     devices = sharding.mesh.shape[DATA_AXIS]

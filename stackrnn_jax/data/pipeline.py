@@ -79,15 +79,15 @@ def _save(path: Path, encoded: EncodedIMDB) -> None:
 
 def _load(path: Path, padding: str, maxlen: int) -> EncodedIMDB:
     with np.load(path, allow_pickle=False) as arrays:
-        splits = {name: EncodedSplit(arrays[f"{name}_ids"].astype(np.int32), arrays[f"{name}_lengths"],
-                                     arrays[f"{name}_labels"])
+        splits = {name: EncodedSplit(arrays[f"{name}_ids"].astype(np.int32),
+                                     arrays[f"{name}_lengths"], arrays[f"{name}_labels"])
                   for name in SPLITS}
         vocab = Vocabulary(int(arrays["num_words"]), tuple(arrays["words"].tolist()))
     return EncodedIMDB(**splits, vocab=vocab, padding=padding, maxlen=maxlen)
 
 
-def load_encoded(data: str | os.PathLike | None = None, *, num_words: int = 10_000, maxlen: int = 500,
-                 padding: str = "pre", truncating: str | None = None,
+def load_encoded(data: str | os.PathLike | None = None, *, num_words: int = 10_000,
+                 maxlen: int = 500, padding: str = "pre", truncating: str | None = None,
                  cache_dir: str | os.PathLike | None = None,
                  data_dir: str | os.PathLike | None = None) -> EncodedIMDB:
     """IMDB train and test encoded with a ``num_words`` vocabulary built on train.
@@ -109,7 +109,8 @@ def load_encoded(data: str | os.PathLike | None = None, *, num_words: int = 10_0
     check_padding_side("padding", padding)  # before minutes of work, not after
     check_padding_side("truncating", truncating)
     source = resolve_source(data)
-    settings = {"num_words": num_words, "maxlen": maxlen, "padding": padding, "truncating": truncating}
+    settings = {"num_words": num_words, "maxlen": maxlen, "padding": padding,
+                "truncating": truncating}
     path = _cache_path(Path(cache_dir or DEFAULT_CACHE_DIR).expanduser(), source, settings)
     if path.exists():
         return _load(path, padding, maxlen)
@@ -119,7 +120,8 @@ def load_encoded(data: str | os.PathLike | None = None, *, num_words: int = 10_0
     (train_texts, train_labels), (test_texts, test_labels) = texts["train"], texts["test"]
     train_tokens = [tokenize(text) for text in train_texts]  # tokenized once for vocab and ids
     vocab = Vocabulary.from_tokens(train_tokens, num_words)
-    train = EncodedSplit(*vocab.encode_tokens(train_tokens, maxlen, padding, truncating), train_labels)
+    train = EncodedSplit(*vocab.encode_tokens(train_tokens, maxlen, padding, truncating),
+                         train_labels)
     test = EncodedSplit(*vocab.encode(test_texts, maxlen, padding, truncating), test_labels)
     encoded = EncodedIMDB(train=train, test=test, vocab=vocab, padding=padding, maxlen=maxlen)
     _save(path, encoded)

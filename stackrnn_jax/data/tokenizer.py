@@ -115,7 +115,8 @@ class Vocabulary:
         return self.encode_tokens([tokenize(text) for text in texts], maxlen, padding, truncating)
 
     def encode_tokens(self, token_lists: Sequence[list[str]], maxlen: int = 500,
-                      padding: str = "pre", truncating: str = "pre") -> tuple[np.ndarray, np.ndarray]:
+                      padding: str = "pre",
+                      truncating: str = "pre") -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`encode`, from already tokenized texts."""
         check_padding_side("padding", padding)
         check_padding_side("truncating", truncating)
@@ -129,7 +130,8 @@ class Vocabulary:
         return _pad_and_truncate(flat, word_counts + 1, maxlen, padding, truncating)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words of ``ids`` joined by spaces; padding and start dropped, unknown words as ``<oov>``."""
+        """Words of ``ids`` joined by spaces; padding and start dropped, unknown words as
+        ``<oov>``."""
         words = []
         for token in np.asarray(ids, dtype=np.int64).ravel():
             if token >= FIRST_WORD_ID:
@@ -155,6 +157,7 @@ class Vocabulary:
         if payload.get("format") != _FILE_FORMAT:
             raise ValueError(f"{path}: not a stackrnn_jax vocabulary file")
         if payload["tokenizer_version"] != TOKENIZER_VERSION:
-            raise ValueError(f"{path}: written by tokenizer version {payload['tokenizer_version']}, "
+            raise ValueError(f"{path}: written by tokenizer version "
+                             f"{payload['tokenizer_version']}, "
                              f"this is version {TOKENIZER_VERSION}")
         return cls(payload["num_words"], tuple(payload["words"]))

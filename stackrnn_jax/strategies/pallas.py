@@ -27,12 +27,13 @@ inputs and weights with a float32 state and accumulation inside the kernels (the
 are bfloat16). ``unroll`` is ignored: there is no XLA loop to unroll.
 
 Where it runs: compiled with Triton when the default backend (``jax.default_backend()``
-at trace time) is a GPU; elsewhere in Pallas interpret mode (``interpret=True``: the same kernels as XLA ops — slow, but how
-the CPU tests check them). Options (``stacked_rnn(..., strategy_options={...})``):
-``block_rows`` (rows per program, a power of two >= 16; default 16), ``interpret``
-(None: by backend), ``num_warps`` (Triton, default 4). No GPU measurement exists yet,
-so ``"auto"`` never picks this strategy. Forward-mode differentiation (``jax.jvp``) is
-not supported (a ``custom_vjp``).
+at trace time) is a GPU; elsewhere in Pallas interpret mode (``interpret=True``: the
+same kernels as XLA ops — slow, but how the CPU tests check them). Options
+(``stacked_rnn(..., strategy_options={...})``): ``block_rows`` (rows per program, a
+power of two >= 16; default 16), ``interpret`` (None: by backend), ``num_warps``
+(Triton, default 4). No GPU measurement exists yet, so ``"auto"`` never picks this
+strategy. Forward-mode differentiation (``jax.jvp``) is not supported (a
+``custom_vjp``).
 """
 
 from __future__ import annotations
