@@ -186,7 +186,8 @@ def resolve(preset_name: str | None = None, file_values: Mapping[str, Any] | Non
 
 def _checked(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Type-check ``values`` against the TrainConfig fields (ints widen to floats)."""
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    # ``from __future__ import annotations``: every field's type is its name, a str
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out = {}
     for name, value in values.items():
         if name not in types:

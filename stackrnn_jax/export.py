@@ -102,7 +102,7 @@ def export_run(workdir: str | Path, out: str | Path, model_format: str = "jax") 
         model, versions, platforms = _onnx_bytes(probabilities), _onnx_versions(), ["onnx"]
     else:
         exported = _jax_export(probabilities)
-        model = exported.serialize()
+        model = bytes(exported.serialize())
         versions = {"calling_convention": exported.calling_convention_version}
         platforms = list(exported.platforms)
     run_dir.write_bytes(out / MODELS[model_format], model)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 
 class TrainingInterrupted(Exception):
@@ -30,7 +31,7 @@ class StopRequests:
 
     def __init__(self):
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}   # what signal.signal returned
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():

@@ -67,7 +67,8 @@ class StackedRNN(nnx.Module):
                  return_sequences: bool = False, return_state: bool = False,
                  deterministic: bool | None = None):
         deterministic = self.deterministic if deterministic is None else deterministic
-        rng = None if deterministic or self.dropout == 0 else self.rngs()
+        # self.rngs is a dropout RNG stream exactly when dropout > 0
+        rng = None if deterministic or self.dropout == 0 else self.rngs()  # type: ignore[misc]
         return stacked_rnn(self.params(), x, cell=self.cell, lengths=lengths, padding=padding,
                            initial_state=initial_state, return_sequences=return_sequences,
                            return_state=return_state, strategy=self.strategy,

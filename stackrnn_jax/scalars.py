@@ -36,7 +36,8 @@ class ScalarLog:
                              "'stackrnn-jax[tensorboard]' (or pip install tensorboardX)") from error
         self._writer = SummaryWriter(str(logdir), purge_step=start_step + 1)
         self._schedule = schedule
-        self._since = (start_step, None, time.perf_counter())
+        # (step, the epoch's totals then or None, time) of the previous sync
+        self._since: tuple[int, dict | None, float] = (start_step, None, time.perf_counter())
 
     def epoch_started(self, step: int, totals=None) -> None:
         """The loop starts an epoch at ``step`` with ``totals`` (restored mid-epoch, on the

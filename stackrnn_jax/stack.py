@@ -46,7 +46,8 @@ def init_params(key, input_size: int, units: int | Sequence[int], *, cell: str =
         raise ValueError(f"input_size: expected a positive feature count, got {input_size}")
     _check_choice("merge", merge, MERGE_MODES)
     the_cell = make_cell(cell, reset_after=reset_after, unit_forget_bias=unit_forget_bias)
-    layers, width = [], input_size
+    layers: list[dict] = []
+    width = input_size
     for layer_units, layer_key in zip(units, jax.random.split(key, len(units))):
         if bidirectional:
             fw_key, bw_key = jax.random.split(layer_key)

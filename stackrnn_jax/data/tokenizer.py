@@ -97,7 +97,7 @@ class Vocabulary:
     @classmethod
     def from_tokens(cls, token_lists: Iterable[list[str]], num_words: int = 10_000) -> Vocabulary:
         """Like :meth:`build`, from already tokenized texts."""
-        counts = Counter()
+        counts: Counter[str] = Counter()
         for tokens in token_lists:
             counts.update(tokens)
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from stackrnn_jax.cells import Cell
 from stackrnn_jax.kernels import gate_steps
 
 MIN_TILE = 16  # Triton's dot: every dimension at least 16
@@ -41,7 +42,7 @@ MIN_TILE = 16  # Triton's dot: every dimension at least 16
 class Config:
     """Static settings of one layer's kernels (hashable: a ``custom_vjp`` static argument)."""
 
-    cell: object              # a ``cells.Cell``
+    cell: Cell
     block_rows: int = MIN_TILE
     interpret: bool = True
     num_warps: int = 4
@@ -58,11 +59,11 @@ def state_dtype(dtype):
 
 def check_layout(config: Config, w, b_rec, carry, xw, mask) -> None:
     """ValueError unless the arrays have the padded layout of the module docstring."""
-    steps, rows, gates, units = xw.shape if xw.ndim == 4 else (None,) * 4
     problems = []
-    if xw.ndim != 4 or gates != config.cell.gates:
+    if xw.ndim != 4 or xw.shape[2] != config.cell.gates:
         problems.append(f"xw shape {xw.shape}, expected (T, Bp, {config.cell.gates}, Up)")
     else:
+        steps, rows, gates, units = xw.shape
         if units < MIN_TILE or units & (units - 1):
             problems.append(f"units {units} is not a power of two >= {MIN_TILE}")
         if rows % config.block_rows:
