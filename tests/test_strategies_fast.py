@@ -263,36 +263,39 @@ def test_auto_gpu_rules(problem, expected):
     assert not cpu_strategy.startswith("parallel")
 
 
-def _figures_in_results() -> set[float]:
-    """Every decimal number in the results files under bench/results (tables and JSON)."""
+SAME_RUN_SPREAD = 1.25
+
+
+@pytest.mark.parametrize("results", ["gpu/results.json", "results.json"])
+def test_auto_picks_the_fastest_variant_each_benchmark_measured(results):
+    """At every workload a benchmark run measured, the variant ``auto`` chooses (strategy
+    and unroll) has the fastest train step there, within the run's spread: the rules
+    follow the results files, not the other way round. Only workloads where the chosen variant was measured
+    count; the ``auto`` entry itself (timed under an older rule table) is left out."""
+    import json
     import pathlib
-    import re
 
-    root = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results"
-    numbers = set()
-    for path in root.rglob("*"):
-        if path.suffix in (".md", ".json"):
-            numbers.update(float(m) for m in re.findall(r"\d+\.\d+", path.read_text()))
-    return numbers
-
-
-def test_auto_rules_quote_figures_that_results_files_hold():
-    """Each figure a rule's evidence quotes (ratios aside) is a results-file number rounded
-    to the digits quoted, in the same unit or converted between s and ms."""
-    import re
-
-    numbers = _figures_in_results()
-
-    def backed(figure: str) -> bool:
-        digits, value = len(figure.split(".")[1]), float(figure)
-        return any(abs(round(n * scale, digits) - value) < 1e-9
-                   for n in numbers for scale in (1, 1e3, 1e-3))
-
-    for rule in auto.RULES:
-        quoted = [f for f, ratio in re.findall(r"(?<![\w.])(\d+\.\d+)(?![\d.])(x?)", rule.why)
-                  if not ratio]
-        assert [f for f in quoted if not backed(f)] == [], rule.why[:60]
-    assert any(re.search(r"\d+\.\d+", rule.why) for rule in auto.RULES)
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results" / results
+    result = json.loads(path.read_text())
+    backend = {"gpu": "gpu", "cuda": "gpu"}.get(result["machine"]["jax_platform"], "cpu")
+    timings: dict = {}
+    for entry in result["entries"]:
+        if entry["kind"] == "ours" and entry["status"] == "ok" and entry["variant"] != "auto":
+            w = entry["workload"]
+            key = (w["cell"], w["L"], w["T"], w["B"], w["H"])
+            timings.setdefault(key, {})[entry["variant"]] = entry["train"]["median_s"]
+    checked = 0
+    for (cell, layers, time, batch, units), measured in timings.items():
+        strategy, rule = auto.choose(backend, layers, time, batch, [units] * layers, cell)
+        unroll = auto.rule_unroll(rule, 1)
+        chosen = strategy if unroll == 1 else f"{strategy}/u{unroll}"
+        if chosen in measured and len(measured) > 1:
+            # Within the spread of one run: on the shared CPU the same strategy timed twice
+            # in results.json (auto = cpu_native at T 200) differed by 17%.
+            assert measured[chosen] <= SAME_RUN_SPREAD * min(measured.values()), (
+                cell, layers, time, batch, units, measured)
+            checked += 1
+    assert checked >= 3
 
 
 @pytest.mark.parametrize("cell, units, time, batch, caller_unroll, expected", [
