@@ -270,8 +270,9 @@ SAME_RUN_SPREAD = 1.25
 def test_auto_picks_the_fastest_variant_each_benchmark_measured(results):
     """At every workload a benchmark run measured, the variant ``auto`` chooses (strategy
     and unroll) has the fastest train step there, within the run's spread: the rules
-    follow the results files, not the other way round. Only workloads where the chosen variant was measured
-    count; the ``auto`` entry itself (timed under an older rule table) is left out."""
+    follow the results files, not the other way round. Only workloads where the chosen
+    variant was measured count; the ``auto`` entry itself (timed under an older rule
+    table) is left out."""
     import json
     import pathlib
 
