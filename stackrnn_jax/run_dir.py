@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from stackrnn_jax.config import TrainConfig
 
@@ -54,6 +55,21 @@ def identity(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in EXECUTION_FIELDS}
 
 
+def prepare_on_all_hosts(workdir: str | Path, config: TrainConfig, *,
+                         overwrite: bool = False) -> bool:
+    """``prepare`` on process 0 alone, then its answer (can the run resume?) on every process.
+
+    The other processes never look at ``workdir`` while process 0 rewrites it: they could
+    find it half prepared (a temporary file, no config yet) and refuse it as "not empty
+    and no run". The broadcast is also the barrier after which every process may read it.
+    """
+    resumable = jax.process_index() == 0 and prepare(workdir, config, overwrite=overwrite)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        resumable = bool(multihost_utils.broadcast_one_to_all(np.asarray(resumable)))
+    return resumable
+
+
 def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False) -> bool:
     """Get ``workdir`` ready for training ``config``; returns whether a run there can resume.
 
@@ -63,7 +79,8 @@ def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False
     a different config, or a non-empty folder that is no run, is refused unless
     ``overwrite``. A start that failed before its first checkpoint left no run: it is
     replaced. Otherwise (and with ``overwrite``) only the files this module writes are
-    removed. Hold ``lock(workdir)`` around it.
+    removed. Hold ``lock(workdir)`` around it. With several processes, call
+    ``prepare_on_all_hosts`` instead.
     """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -81,7 +98,7 @@ def prepare(workdir: str | Path, config: TrainConfig, *, overwrite: bool = False
         elif any(p.name != LOCK for p in workdir.iterdir()):
             raise RunError(f"workdir {workdir} is not empty and holds no run; "
                            "pass --overwrite to write into it anyway, or choose another --workdir")
-    if jax.process_index() != 0 or resumable:  # multi-host: process 0 prepares, the others wait
+    if resumable:
         return resumable
     try:
         for name in (CONFIG, VOCAB, BEST, HISTORY_JSON, HISTORY_CSV, PLOT):

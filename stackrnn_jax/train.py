@@ -489,10 +489,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
     reviews (``config.val_fraction``); the test split is never looked at here.
     """
     with run_dir.lock(workdir) as workdir:
-        resume = run_dir.prepare(workdir, config, overwrite=overwrite)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices("stackrnn_jax: workdir prepared")
+        resume = run_dir.prepare_on_all_hosts(workdir, config, overwrite=overwrite)
         encoded = load_encoded(data, num_words=config.num_words, maxlen=config.maxlen,
                                padding=config.padding, truncating=config.truncating,
                                cache_dir=cache_dir, data_dir=data_dir)

@@ -239,9 +239,7 @@ distributed.initialize(coordinator="localhost:{port}", num_processes=2, process_
 from tests import helpers
 config = helpers.RESUMABLE.replace(dropout=0.0, epochs=2)
 with run_dir.lock({workdir!r}):
-    run_dir.prepare({workdir!r}, config)
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("prepared")
+    run_dir.prepare_on_all_hosts({workdir!r}, config)
     history = train.fit(config, helpers.synthetic_split(200, 0),
                         helpers.synthetic_split(64, 1),
                         {workdir!r}, progress=False, resume=False)
@@ -250,7 +248,7 @@ print(json.dumps({{"processes": jax.process_count(), "devices": jax.device_count
 """
 
 
-@pytest.mark.slow  # once failed while another test suite loaded both cores; passes alone
+@pytest.mark.slow  # two processes and a third for the reference: ~1-2 min
 def test_two_processes_train_like_one(tmp_path):
     """Multi-host on one machine: two CPU processes joined by jax.distributed (gloo)."""
     import socket
