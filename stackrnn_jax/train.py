@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypedDict, cast
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +39,19 @@ from stackrnn_jax.nn import SentimentClassifier
 from stackrnn_jax.plots import plot_history
 from stackrnn_jax.scalars import open_log
 
-# Sums over the counted examples, kept on the device between host syncs: "loss" (weighted
-# losses), "correct" (weighted hits), "count" (weights); "nonfinite" (steps whose loss or
-# gradients were NaN/Inf, their update skipped) and "first_nonfinite" (the first such step);
-# "grad_norm" (the global gradient norms of the finite steps, before clipping).
-Totals = dict
+
+class Totals(TypedDict):
+    """Sums over an epoch's counted examples, kept on the device between host syncs (a
+    pytree: a plain dict at run time). Each is a scalar array."""
+
+    loss: jax.Array             # weighted losses
+    correct: jax.Array          # weighted hits
+    count: jax.Array            # weights
+    nonfinite: jax.Array        # steps whose loss or gradients were NaN/Inf (update skipped)
+    first_nonfinite: jax.Array  # the first such step, NO_STEP if none
+    grad_norm: jax.Array        # global gradient norms of the finite steps, before clipping
+
+
 NO_STEP = np.iinfo(np.int32).max
 
 
@@ -103,8 +111,9 @@ def model_logits(model, batch, config: TrainConfig):
     return model(batch["ids"], lengths, padding=config.padding)
 
 
-def _batch_totals(logits, batch, loss) -> Totals:
-    """Sums over the real rows of a batch (``weights`` is 0 on rows that only pad it)."""
+def _batch_totals(logits, batch, loss) -> dict[str, jax.Array]:
+    """The loss, correct and count sums over the real rows of a batch (``weights`` is 0 on
+    rows that only pad it)."""
     weights = batch["weights"]
     hits = (logits > 0) == (batch["labels"] > 0.5)
     return {"loss": jnp.sum(loss * weights), "correct": jnp.sum(hits * weights),
@@ -474,9 +483,10 @@ def _totals_to_json(totals: Totals) -> dict[str, float | int]:
 
 
 def _totals_from_json(values: dict[str, float | int]) -> Totals:
-    template = zero_totals()
+    template = cast(dict[str, jax.Array], zero_totals())
     # .get: checkpoints from before "grad_norm" was summed resume with it at zero.
-    return {k: jnp.asarray(values.get(k, template[k]), template[k].dtype) for k in template}
+    return cast(Totals, {k: jnp.asarray(values.get(k, zero), zero.dtype)
+                         for k, zero in template.items()})
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
