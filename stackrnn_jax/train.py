@@ -159,7 +159,7 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> jax.stage
                                _batch_totals(logits, batch, losses))
         totals = {**jax.tree.map(jnp.add, {k: totals[k] for k in counted}, counted),
                   "nonfinite": totals["nonfinite"] + (~finite).astype(jnp.int32),
-                  "grad_norm": totals["grad_norm"] + jnp.where(finite, optax.global_norm(grads),
+                  "grad_norm": totals["grad_norm"] + jnp.where(finite, optax.tree.norm(grads),
                                                                0.0),
                   "first_nonfinite": jnp.where(finite, totals["first_nonfinite"],
                                                jnp.minimum(totals["first_nonfinite"], step_index))}
