@@ -25,3 +25,11 @@ def _full_float32_matmuls_on_accelerators():
         if jax.default_backend() != "cpu":
             jax.config.update("jax_default_matmul_precision", "highest")
     yield
+
+
+@pytest.fixture
+def private_caches(tmp_path, monkeypatch):
+    """tfds and the encoded-data cache live under a temporary HOME, never the user's."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("STACKRNN_DATA_DIR", raising=False)
+    monkeypatch.delenv("STACKRNN_IMDB_PATH", raising=False)

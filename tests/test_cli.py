@@ -13,13 +13,8 @@ from stackrnn_jax import run_dir
 from stackrnn_jax.cli import main
 from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, inject, write_archive
 
-
-@pytest.fixture(autouse=True)
-def private_caches(tmp_path, monkeypatch):
-    """tfds and the encoded-data cache live under a temporary HOME, never the user's."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("STACKRNN_DATA_DIR", raising=False)
-    monkeypatch.delenv("STACKRNN_IMDB_PATH", raising=False)
+# tfds and the encoded-data cache live under a temporary HOME (conftest.private_caches).
+pytestmark = pytest.mark.usefixtures("private_caches")
 
 
 @pytest.fixture(scope="module")

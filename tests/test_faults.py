@@ -26,6 +26,9 @@ from stackrnn_jax.cli import main
 from stackrnn_jax.config import TrainConfig
 from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, write_archive
 
+# tfds and the encoded-data cache live under a temporary HOME (conftest.private_caches).
+pytestmark = pytest.mark.usefixtures("private_caches")
+
 RUN = [*TINY, "--epochs", "2"]  # the last --epochs wins
 
 
@@ -107,14 +110,6 @@ CASES = [
          "test_multi_host_flags_without_a_coordinator_are_one_line"),
     ]),
 ]
-
-
-@pytest.fixture(autouse=True)
-def private_caches(tmp_path, monkeypatch):
-    """tfds and the encoded-data cache live under a temporary HOME, never the user's."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("STACKRNN_DATA_DIR", raising=False)
-    monkeypatch.delenv("STACKRNN_IMDB_PATH", raising=False)
 
 
 @pytest.fixture(scope="module")
