@@ -459,14 +459,25 @@ def _summary_line(history: dict[str, Any], workdir: Path) -> str:
 def _compiled_train_step(graphdef, config: TrainConfig, layout: distributed.DataParallel,
                          state, train: EncodedSplit, totals: Totals | None) -> Callable:
     """``make_train_step``, compiled ahead of the first step for the shapes of ``train``'s
-    batches, once ``memory.check_compiled`` has found that it fits in the free memory."""
+    full-length batches, once ``memory.check_compiled`` has found that it fits in the free
+    memory (with ``bucket_width``, narrower batches go through the jitted step)."""
     jitted = make_train_step(graphdef, config, layout.replicated)
     example = layout.global_batch(next(batches(train, config.batch_size, shuffle=False,
                                                drop_remainder=False)))
     totals = layout.replicate(totals or zero_totals())
     compiled = jitted.lower(state, totals, example, np.int32(0)).compile()
     memory.check_compiled(compiled, config)
-    return compiled
+    if not config.bucket_width:
+        return compiled
+    widest = example["ids"].shape[1]
+
+    def step(state, totals, batch, step_index):
+        # Bucketed batches come in several widths. The checked compile is the widest (maxlen:
+        # the most memory) and serves it; the jitted step compiles each narrower width once.
+        run = compiled if batch["ids"].shape[1] == widest else jitted
+        return run(state, totals, batch, step_index)
+
+    return step
 
 
 def _write(workdir: Path, save: Callable, *args) -> None:

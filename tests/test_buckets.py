@@ -153,6 +153,14 @@ def test_an_epoch_compiles_one_step_per_bucket_length_and_runs_fewer_steps():
     assert sum(widths) < MAXLEN * len(widths)  # padding steps were not run
 
 
+def test_fit_trains_on_batches_of_every_bucket_width(tmp_path):
+    # fit compiles the full-width step ahead (for the memory check); the narrower buckets
+    # must still run through it rather than be refused as the wrong shape.
+    config = RESUMABLE.replace(bucket_width=WIDTH, epochs=1, checkpoint_every=0)
+    history = run_fit(tmp_path / "run", config)
+    assert np.isfinite(history["epochs"][0]["loss"])
+
+
 def test_resumed_bucketed_epoch_is_the_rest_of_the_same_epoch():
     split = padded_split(60, "pre", seed=5)
     kwargs = dict(batch_size=8, shuffle=True, seed=7, epoch=3, drop_remainder=False,
