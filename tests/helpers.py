@@ -1,5 +1,6 @@
 """Shared by the test modules: error measures, the cell list, tiny training problems, a
-tiny aclImdb archive for the CLI, resumable runs, and a tiny run directory.
+tiny aclImdb archive for the CLI and its one-line errors, resumable runs, and a tiny run
+directory.
 
 Test modules import from here (``pythonpath`` in pyproject.toml puts the repository root
 on ``sys.path``), never from each other.
@@ -18,6 +19,7 @@ from flax import nnx
 
 from stackrnn_jax import run_dir, train
 from stackrnn_jax.checkpoints import TrainCheckpoints
+from stackrnn_jax.cli import main
 from stackrnn_jax.config import TrainConfig
 from stackrnn_jax.data import EncodedSplit, Vocabulary
 
@@ -152,3 +154,17 @@ def make_run(workdir: Path, **fields) -> Path:
     Vocabulary.build(TEXTS, config.num_words).save(workdir / run_dir.VOCAB)
     run_dir.save_best(workdir, params, {"epoch": 1, "val_accuracy": 0.5})
     return workdir
+
+
+def fails_with_one_line(capture, argv, status=1):
+    """Run the CLI on ``argv``; assert it ended with ``status`` and one ``error:`` line on
+    stderr, no traceback; return that line. ``capture``: pytest's ``capsys``, or ``capfd``
+    where native code's output on file descriptor 2 must count too."""
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse usage errors
+        code = exit.code
+    err = capture.readouterr().err
+    assert code == status, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err.strip()

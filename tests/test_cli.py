@@ -11,7 +11,7 @@ import pytest
 
 from stackrnn_jax import run_dir
 from stackrnn_jax.cli import main
-from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, inject, write_archive
+from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, fails_with_one_line, inject, write_archive
 
 # tfds and the encoded-data cache live under a temporary HOME (conftest.private_caches).
 pytestmark = pytest.mark.usefixtures("private_caches")
@@ -32,19 +32,6 @@ def trained(tmp_path_factory):
     finally:
         monkeypatch.undo()
     return archive, workdir, stdout.getvalue()
-
-
-def run_error(capsys, argv, status=1):
-    """Run ``argv``; assert it failed with one ``error:`` line on stderr; return that line."""
-    code = None
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse usage errors
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == status, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err.strip()
 
 
 def test_train_prints_epochs_and_saves_the_run(trained):
@@ -96,9 +83,10 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
     config_file = tmp_path / "run.toml"
     config_file.write_text('cell = "lstm"\nepochs = 2\nunits = 16\n')
     workdir = tmp_path / "run"
-    message = run_error(capsys, ["train", "--workdir", str(workdir), "--preset", "gru-best",
-                                 "--config", str(config_file), "--units", "8",
-                                 "--data", str(tmp_path / "missing.tar.gz")])
+    message = fails_with_one_line(capsys, ["train", "--workdir", str(workdir),
+                                           "--preset", "gru-best",
+                                           "--config", str(config_file), "--units", "8",
+                                           "--data", str(tmp_path / "missing.tar.gz")])
     assert "IMDB data path does not exist" in message  # a DataError: one line too
     saved = json.loads((workdir / run_dir.CONFIG).read_text())
     assert saved["cell"] == "lstm" and saved["epochs"] == 2  # file over preset
@@ -111,19 +99,19 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
 @pytest.mark.parametrize("argv, status, message", BAD_INPUTS)
 def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, status, message):
     monkeypatch.chdir(tmp_path)
-    assert message in run_error(capsys, argv, status)
+    assert message in fails_with_one_line(capsys, argv, status)
 
 
 def test_non_text_and_empty_predict_input(capsys, tmp_path, monkeypatch):
     binary = tmp_path / "reviews.bin"
     binary.write_bytes(b"\xff\xfe\x00\x01")
-    assert "not UTF-8 text" in run_error(capsys, ["predict", "--workdir", "w",
-                                                  "--file", str(binary)])
+    assert "not UTF-8 text" in fails_with_one_line(capsys, ["predict", "--workdir", "w",
+                                                            "--file", str(binary)])
     (tmp_path / "blank.txt").write_text("\n  \n")
-    assert "no review given" in run_error(capsys, ["predict", "--workdir", "w", "--file",
-                                                   str(tmp_path / "blank.txt")])
+    assert "no review given" in fails_with_one_line(capsys, ["predict", "--workdir", "w", "--file",
+                                                             str(tmp_path / "blank.txt")])
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ok\x00review")))
-    assert "stdin: not text" in run_error(capsys, ["predict", "--workdir", "w", "-"])
+    assert "stdin: not text" in fails_with_one_line(capsys, ["predict", "--workdir", "w", "-"])
 
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(trained, capsys, tmp_path):
@@ -132,8 +120,8 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(trained, capsys
     other.mkdir()
     (other / run_dir.CONFIG).write_text((workdir / run_dir.CONFIG).read_text())
     shutil.copytree(workdir / run_dir.TRAIN_STATE, other / run_dir.TRAIN_STATE)  # a run
-    message = run_error(capsys, ["train", "--workdir", str(other), "--data", str(archive),
-                                 *TINY, "--cell", "gru"])
+    message = fails_with_one_line(capsys, ["train", "--workdir", str(other), "--data", str(archive),
+                                           *TINY, "--cell", "gru"])
     assert "holds a run with another config (cell: 'simple' -> 'gru')" in message
     assert "--overwrite" in message
 
@@ -144,19 +132,19 @@ def test_broken_run_is_one_line(trained, capsys, tmp_path):
     broken.mkdir()
     for name in (run_dir.CONFIG, run_dir.VOCAB):
         (broken / name).write_text((workdir / name).read_text())
-    assert "no best checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken), "good"])
+    predict = ["predict", "--workdir", str(broken), "good"]
+    assert "no best checkpoint" in fails_with_one_line(capsys, predict)
     (broken / run_dir.BEST).write_text('{"epoch": 1, "checkpoint": "checkpoints/epoch_9"}')
-    assert "unreadable checkpoint" in run_error(capsys, ["predict", "--workdir", str(broken),
-                                                         "good"])
+    assert "unreadable checkpoint" in fails_with_one_line(capsys, predict)
     (broken / run_dir.CONFIG).write_text("{not json")
-    assert "unreadable" in run_error(capsys, ["evaluate", "--workdir", str(broken)])
+    assert "unreadable" in fails_with_one_line(capsys, ["evaluate", "--workdir", str(broken)])
 
 
 def test_unreadable_archive_is_one_data_error_line(capsys, tmp_path):
     archive = tmp_path / "aclImdb.tar.gz"
     archive.write_text("not a tar archive")
-    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"),
-                                 "--data", str(archive)])
+    message = fails_with_one_line(capsys, ["train", "--workdir", str(tmp_path / "run"),
+                                           "--data", str(archive)])
     assert "not a readable tar archive" in message
 
 
@@ -185,6 +173,6 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(trained, capsys, tmp_p
 
 def test_multi_host_flags_without_a_coordinator_are_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
-    message = run_error(capsys, ["train", "--workdir", str(tmp_path / "run"),
-                                 "--num-processes", "2"])
+    message = fails_with_one_line(capsys, ["train", "--workdir", str(tmp_path / "run"),
+                                           "--num-processes", "2"])
     assert "--num-processes and --process-id need --coordinator" in message

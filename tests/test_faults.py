@@ -24,7 +24,7 @@ import pytest
 from stackrnn_jax import init_params, run_dir, stacked_rnn, train
 from stackrnn_jax.cli import main
 from stackrnn_jax.config import TrainConfig
-from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, write_archive
+from tests.helpers import BAD_INPUTS, PER_CLASS, TINY, fails_with_one_line, write_archive
 
 # tfds and the encoded-data cache live under a temporary HOME (conftest.private_caches).
 pytestmark = pytest.mark.usefixtures("private_caches")
@@ -143,19 +143,6 @@ def snapshot(*folders):
     """Every file under ``folders`` (the lock aside) with its bytes."""
     return {p: p.read_bytes() for folder in folders for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != run_dir.LOCK}
-
-
-def fails_with_one_line(capfd, argv, status=1):
-    """Run ``argv``; assert it ended with ``status`` and one ``error:`` line on stderr
-    (file descriptor 2, so native code's output counts too)."""
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse usage errors
-        code = exit.code
-    err = capfd.readouterr().err
-    assert code == status, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err.strip()
 
 
 def truncate_array_data(checkpoint, pattern="**/d/*"):
