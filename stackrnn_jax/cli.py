@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("clip_norm", type=float, help="global-norm gradient clipping (0: none)")
     flag("dropout", type=float, help="dropout between RNN layers and before the head")
     flag("embed_dropout", type=float)
+    flag("word_dropout", type=float, help="share of tokens whose whole embedding is dropped")
     flag("seed", type=int)
     flag("dtype", choices=DTYPES, help="compute dtype of the recurrence")
     flag("strategy", choices=sorted(STRATEGIES), help="how the timesteps execute")

@@ -40,6 +40,7 @@ class TrainConfig:
     dropout: float = 0.0  # between RNN layers and before the head
     pooling: str = "last"  # the head reads the last state, or the masked max / mean over time
     embed_dropout: float = 0.0
+    word_dropout: float = 0.0  # drops whole words: all of a token's embedding at once
     # Data: a num_words vocabulary, reviews cut/padded to maxlen ids.
     num_words: int = 10_000
     maxlen: int = 500
@@ -89,7 +90,7 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_words < 4:  # ids 0-2 are reserved (padding, start, unknown)
             raise ValueError(f"num_words: expected at least 4, got {self.num_words}")
-        for name in ("dropout", "embed_dropout"):
+        for name in ("dropout", "embed_dropout", "word_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:

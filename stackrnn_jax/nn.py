@@ -84,11 +84,13 @@ class SentimentClassifier(nnx.Module):
     returns logits ``(batch,)``. ``pooling`` is what the head reads: ``"last"`` the top
     layer's final state (both directions' for a bidirectional stack), ``"max"`` / ``"mean"``
     the max / mean of the top layer's outputs over the real steps (``pool_over_time``).
+    ``word_dropout`` drops whole tokens' embeddings, ``embed_dropout`` single entries.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, units: int | Sequence[int] = (64, 64),
                  *, cell: str = "simple", bidirectional: bool = False, pooling: str = "last",
-                 dropout: float = 0.0, embed_dropout: float = 0.0, strategy: str = "auto",
+                 dropout: float = 0.0, embed_dropout: float = 0.0, word_dropout: float = 0.0,
+                 strategy: str = "auto",
                  unroll: int = 1, compute_dtype=None, rngs: nnx.Rngs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {list(POOLINGS)}, got {pooling!r}")
@@ -100,9 +102,18 @@ class SentimentClassifier(nnx.Module):
                               compute_dtype=compute_dtype, rngs=rngs)
         self.head_dropout = nnx.Dropout(dropout, rngs=rngs)
         self.head = nnx.Linear(self.rnn.out_features, 1, rngs=rngs)
+        # The same draw for every embedding dim of a token: whole words vanish (rescaled as
+        # dropout does), so the model cannot lean on any single word, e.g. a film's name.
+        # Made last and only when used: the other modules' initial values and a checkpoint's
+        # layout stay those of a model without it.
+        self.word_dropout = (nnx.Dropout(word_dropout, broadcast_dims=(2,), rngs=rngs)
+                             if word_dropout > 0 else nnx.data(None))
 
     def __call__(self, ids, lengths=None, *, padding: str = "pre"):
-        x = self.embed_dropout(self.embed(ids))
+        x = self.embed(ids)
+        if self.word_dropout is not None:
+            x = self.word_dropout(x)
+        x = self.embed_dropout(x)
         if self.pooling == "last":
             h = self.rnn(x, lengths, padding=padding)
         else:

@@ -64,7 +64,8 @@ def create_model(config: TrainConfig, *, seed: int | None = None) -> SentimentCl
     return SentimentClassifier(
         config.num_words, config.embed_dim, (config.units,) * config.layers, cell=config.cell,
         bidirectional=config.bidirectional, pooling=config.pooling, dropout=config.dropout,
-        embed_dropout=config.embed_dropout, strategy=config.strategy, unroll=config.unroll,
+        embed_dropout=config.embed_dropout, word_dropout=config.word_dropout,
+        strategy=config.strategy, unroll=config.unroll,
         compute_dtype=jnp.bfloat16 if config.dtype == "bfloat16" else None,
         rngs=nnx.Rngs(config.seed if seed is None else seed))
 

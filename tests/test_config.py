@@ -73,6 +73,7 @@ def test_missing_config_file(tmp_path):
     ({"strategy": "nope"}, "strategy: expected one of"),
     ({"units": 0}, "units: expected a positive integer"),
     ({"dropout": 1.0}, "dropout: expected a rate"),
+    ({"word_dropout": -0.1}, "word_dropout: expected a rate"),
     ({"val_fraction": 0.0}, "val_fraction"),
     ({"learning_rate": -1.0}, "learning_rate"),
     ({"num_words": 3}, "num_words"),

@@ -34,6 +34,23 @@ def test_dropout_only_in_train_mode():
     np.testing.assert_array_equal(model(x), stacked_rnn(model.params(), x))
 
 
+def test_word_dropout_drops_whole_tokens_and_leaves_the_model_as_without_it():
+    with_words = SentimentClassifier(50, 8, (6,), word_dropout=0.5, rngs=nnx.Rngs(0))
+    without = SentimentClassifier(50, 8, (6,), rngs=nnx.Rngs(0))
+    # Same initial parameters: the extra module is made last (seeds keep their numbers).
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(without, nnx.Param),
+                 nnx.state(with_words, nnx.Param))
+    dropped = with_words.word_dropout(jnp.ones((4, 30, 8)))
+    per_token = np.asarray(dropped).reshape(-1, 8)
+    assert set(np.unique(per_token)) == {0.0, 2.0}  # kept tokens rescaled by 1 / (1 - 0.5)
+    assert (per_token.min(axis=1) == per_token.max(axis=1)).all()  # all dims or none
+    assert 0.3 < (per_token[:, 0] == 0).mean() < 0.7
+    ids, lengths = jnp.array([[0, 3, 7, 9]], jnp.int32), jnp.array([3])
+    with_words.eval()
+    without.eval()
+    np.testing.assert_array_equal(with_words(ids, lengths), without(ids, lengths))
+
+
 def test_sentiment_classifier_logits_and_one_training_step():
     model = SentimentClassifier(50, 8, (6, 6), cell="gru", dropout=0.2, rngs=nnx.Rngs(0))
     ids = jnp.array([[0, 0, 7, 9], [3, 4, 5, 6]], jnp.int32)
