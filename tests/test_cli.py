@@ -86,11 +86,12 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
     message = fails_with_one_line(capsys, ["train", "--workdir", str(workdir),
                                            "--preset", "gru-best",
                                            "--config", str(config_file), "--units", "8",
+                                           "--val-split", "movie",
                                            "--data", str(tmp_path / "missing.tar.gz")])
     assert "IMDB data path does not exist" in message  # a DataError: one line too
     saved = json.loads((workdir / run_dir.CONFIG).read_text())
     assert saved["cell"] == "lstm" and saved["epochs"] == 2  # file over preset
-    assert saved["units"] == 8  # flag over file
+    assert saved["units"] == 8 and saved["val_split"] == "movie"  # flags over file
     assert saved["dropout"] == 0.5  # from the preset
 
 
