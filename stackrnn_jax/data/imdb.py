@@ -196,8 +196,6 @@ class _SourceConfig(stock_imdb.IMDBReviewsConfig):
         super().__init__(**kwargs)
         self.source = source
         self.version = tfds.core.Version(_VERSION)  # the stock config fixes 1.0.0
-        self.release_notes = {**(self.release_notes or {}),
-                              _VERSION: "movie: the IMDb title number of each review"}
 
 
 class ImdbReviews(stock_imdb.Builder, skip_registration=True):  # type: ignore[call-arg]
