@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from stackrnn_jax.data import DataError, imdb, load_encoded, load_imdb_texts, pipeline
+from stackrnn_jax.data import (
+    DataError,
+    imdb,
+    load_encoded,
+    load_imdb_texts,
+    pipeline,
+    split_validation,
+)
 from stackrnn_jax.data.tokenizer import OOV_ID, START_ID
 
 # Word "train"/"test" and "pos"/"neg" in each text let the tests check where it landed.
@@ -334,6 +341,10 @@ def test_real_archive(tmp_path):
         assert np.bincount(split.labels).tolist() == [12_500, 12_500]
         assert split.lengths.min() >= 1 and split.lengths.max() == 500
     assert len(encoded.vocab.words) == 10_000 - 3 and encoded.vocab.words[0] == "the"
+    assert (encoded.train.movies > 0).all() and len(np.unique(encoded.train.movies)) > 3000
+    train, validation = split_validation(encoded.train, 0.2, seed=0, by="movie")
+    assert not set(train.movies.tolist()) & set(validation.movies.tolist())
+    assert np.bincount(validation.labels).tolist() == [2_500, 2_500]
     tokens = encoded.test.ids[encoded.test.ids > START_ID]
     assert 0.03 < np.mean(tokens == OOV_ID) < 0.08
     start = time.monotonic()

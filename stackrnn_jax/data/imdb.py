@@ -131,8 +131,10 @@ def _folder_files(root: Path) -> Iterator[tuple[str, str, bytes]]:
     """Yields ``(aclImdb/..., where, raw bytes)`` per review and urls file under ``root``."""
     for split in SPLITS:
         for label in LABEL_NAMES:
+            files = sorted((root / split / label).glob("*.txt"))
             urls = root / split / f"urls_{label}.txt"
-            files = sorted((root / split / label).glob("*.txt")) + [urls] * urls.is_file()
+            if urls.is_file():
+                files.append(urls)
             for file in files:
                 try:
                     raw = file.read_bytes()
