@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     base = resolve(args.preset, None, {"maxlen": args.maxlen})
     encoded = load_encoded(args.data, num_words=base.num_words, maxlen=base.maxlen,
                            padding=base.padding, truncating=base.truncating)
-    train, _ = split_validation(encoded.train, base.val_fraction, base.seed)
+    train, _ = split_validation(encoded.train, base.val_fraction, base.seed, by=base.val_split)
     variants = {"buckets": Variant(base.replace(bucket_width=args.bucket_width), train),
                 "no buckets": Variant(base.replace(bucket_width=0), train)}
     compile_s = {name: variant.compile_all() for name, variant in variants.items()}

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stackrnn_jax.run_dir import TRAIN_STATE, first_line
+from stackrnn_jax.run_dir import TRAIN_STATE, first_line, with_defaults
 
 
 class CheckpointError(ValueError):
@@ -102,10 +102,11 @@ class TrainCheckpoints:
                               f"({type(error).__name__}: {first_line(error)}); "
                               "falling back to the previous one", stacklevel=2)
                 continue
-            if position.get("identity") != self.identity:
+            recorded = with_defaults(position.get("identity"))
+            if recorded != self.identity:
                 raise CheckpointError(
                     f"checkpoint step {step} in {self.directory} was written by another config "
-                    f"({_identity_diff(position.get('identity'), self.identity)}); pass "
+                    f"({_identity_diff(recorded, self.identity)}); pass "
                     "--overwrite to start a new run, or choose another --workdir")
             return _from_savable(template, restored["state"]), position
         return None

@@ -24,6 +24,7 @@ from stackrnn_jax.config import (
     POOLINGS,
     PRESETS,
     SCHEDULES,
+    VAL_SPLITS,
     TrainConfig,
 )
 from stackrnn_jax.interrupts import TrainingInterrupted, exiting_on_signals
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("bucket_width", type=int, help="trim batches to multiples of this many steps "
                                         "(needs --mask; 0: every batch runs maxlen steps)")
     flag("val_fraction", type=float, help="share of the train reviews held out for validation")
+    flag("val_split", choices=VAL_SPLITS,
+         help="hold out random reviews, or whole movies (none then shares training's movies)")
     flag("batch_size", type=int)
     flag("epochs", type=int)
     flag("learning_rate", "--lr", type=float)

@@ -25,6 +25,7 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 NONFINITE_POLICIES = ("stop", "skip")
 POOLINGS = ("last", "max", "mean")
+VAL_SPLITS = ("random", "movie")  # as stackrnn_jax.data.pipeline.VAL_SPLITS (no import: layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,9 @@ class TrainConfig:
     # > 0: batches of similar lengths, trimmed to a multiple of this many steps (needs mask).
     bucket_width: int = 0
     val_fraction: float = 0.2  # held out of the TRAIN reviews for model selection
+    # "random" reviews, or whole "movie"s: no movie then has reviews in training and
+    # validation, as none has in train and test (data.pipeline.split_validation).
+    val_split: str = "random"
     # Optimisation: Adam with optional warmup, cosine decay and global-norm clipping.
     batch_size: int = 32
     epochs: int = 5
@@ -75,7 +79,8 @@ class TrainConfig:
 
         choices = {"cell": CELLS, "padding": PADDING_SIDES, "truncating": PADDING_SIDES,
                    "dtype": DTYPES, "schedule": SCHEDULES, "strategy": tuple(STRATEGIES),
-                   "on_nonfinite": NONFINITE_POLICIES, "pooling": POOLINGS}
+                   "on_nonfinite": NONFINITE_POLICIES, "pooling": POOLINGS,
+                   "val_split": VAL_SPLITS}
         for field in dataclasses.fields(self):  # nan passes every `<` test below; inf most
             value = getattr(self, field.name)
             if field.type == "float" and not math.isfinite(value):

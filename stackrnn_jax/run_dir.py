@@ -55,6 +55,15 @@ def identity(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in EXECUTION_FIELDS}
 
 
+def with_defaults(recorded: Any) -> Any:
+    """A recorded ``identity`` with the fields added since it was written at their defaults
+    (their defaults keep the old behaviour), so that a checkpoint of an older version
+    resumes; anything but a dict is returned as it is."""
+    if not isinstance(recorded, dict):
+        return recorded
+    return {**identity(TrainConfig()), **recorded}
+
+
 def prepare_on_all_hosts(workdir: str | Path, config: TrainConfig, *,
                          overwrite: bool = False) -> bool:
     """``prepare`` on process 0 alone, then its answer (can the run resume?) on every process.

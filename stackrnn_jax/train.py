@@ -30,6 +30,7 @@ from stackrnn_jax.data import (
     Vocabulary,
     batches,
     check_reviews,
+    describe_validation,
     load_encoded,
     num_batches,
     split_validation,
@@ -508,7 +509,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
 
     A work directory holding a run of the same config with checkpoints is resumed
     (``overwrite`` starts afresh). The validation split is held out of the TRAIN
-    reviews (``config.val_fraction``); the test split is never looked at here.
+    reviews (``config.val_fraction``, ``config.val_split``; a function of the config and
+    its seed, so a resumed run holds out the same reviews); the test split is never
+    looked at here.
     """
     with run_dir.lock(workdir) as workdir:
         resume = run_dir.prepare_on_all_hosts(workdir, config, overwrite=overwrite)
@@ -518,7 +521,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
         check_reviews(encoded.train, "train")
         if distributed.is_writer():
             _keep_vocab(Path(workdir), encoded.vocab, resume)
-        train, val = split_validation(encoded.train, config.val_fraction, config.seed)
+        train, val = split_validation(encoded.train, config.val_fraction, config.seed,
+                                      by=config.val_split)
+        if distributed.is_writer():
+            print(describe_validation(train, val), file=out or sys.stdout, flush=True)
         return fit(config, train, val, workdir, progress=progress, out=out, resume=resume)
 
 

@@ -59,15 +59,22 @@ TINY = ["--num-words", "40", "--maxlen", "16", "--units", "8", "--embed-dim", "8
         "--batch-size", "8", "--epochs", "3", "--lr", "0.02", "--mask", "--no-progress"]
 
 
-def write_archive(path, seed=0, empty=0):
+def write_archive(path, seed=0, empty=0, movies=False):
     """aclImdb/{train,test}/{pos,neg}/*.txt: positives say "great wonderful", negatives
     "awful boring".
 
-    The first ``empty`` reviews of each split and label are empty files.
+    The first ``empty`` reviews of each split and label are empty files. With ``movies``,
+    urls_{pos,neg}.txt name a movie per review: reviews 4k to 4k+3 of both labels share one.
     """
     rng = np.random.default_rng(seed)
     with tarfile.open(path, "w:gz") as archive:
         for split in ("train", "test"):
+            for label in ("pos", "neg") if movies else ():
+                data = "".join(f"http://www.imdb.com/title/tt{1000 + index // 4:07d}/usercomments\n"
+                               for index in range(PER_CLASS)).encode()
+                member = tarfile.TarInfo(f"aclImdb/{split}/urls_{label}.txt")
+                member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
             for label, words in (("pos", "great wonderful"), ("neg", "awful boring")):
                 for index in range(PER_CLASS):
                     filler = " ".join(rng.choice(FILLER, rng.integers(3, 10)))
@@ -84,6 +91,7 @@ BAD_INPUTS = [  # (argv, exit status, part of the error line)
     (["train", "--workdir", "w", "--strategy", "nope"], 2, "invalid choice"),
     (["train", "--workdir", "w", "--epochs", "many"], 2, "invalid int value"),
     (["train", "--workdir", "w", "--dropout", "1.5"], 1, "dropout: expected a rate"),
+    (["train", "--workdir", "w", "--val-split", "title"], 2, "invalid choice"),
     (["train", "--workdir", "w", "--config", "missing.toml"], 1, "cannot read it"),
     (["frobnicate"], 2, "invalid choice"),
     (["evaluate", "--workdir", "nothing-here"], 1, "no trained run in nothing-here"),

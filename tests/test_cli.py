@@ -86,11 +86,12 @@ def test_precedence_preset_file_flags_reach_config_json(tmp_path, capsys):
     message = fails_with_one_line(capsys, ["train", "--workdir", str(workdir),
                                            "--preset", "gru-best",
                                            "--config", str(config_file), "--units", "8",
+                                           "--val-split", "movie",
                                            "--data", str(tmp_path / "missing.tar.gz")])
     assert "IMDB data path does not exist" in message  # a DataError: one line too
     saved = json.loads((workdir / run_dir.CONFIG).read_text())
     assert saved["cell"] == "lstm" and saved["epochs"] == 2  # file over preset
-    assert saved["units"] == 8  # flag over file
+    assert saved["units"] == 8 and saved["val_split"] == "movie"  # flags over file
     assert saved["dropout"] == 0.5  # from the preset
 
 
@@ -176,3 +177,18 @@ def test_multi_host_flags_without_a_coordinator_are_one_line(capsys, tmp_path, m
     message = fails_with_one_line(capsys, ["train", "--workdir", str(tmp_path / "run"),
                                            "--num-processes", "2"])
     assert "--num-processes and --process-id need --coordinator" in message
+
+
+def test_movie_split_on_a_copy_without_urls_is_one_warning_line(capsys, tmp_path, monkeypatch):
+    from stackrnn_jax import train
+
+    archive = write_archive(tmp_path / "aclImdb.tar.gz")  # no urls_{pos,neg}.txt
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: {})  # the split is what is tested
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--data", str(archive), *TINY,
+                 "--val-split", "movie"]) == 0
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"warning: val_split=movie: 202 of the 202 train reviews have no movie "
+                        r"\(aclImdb/train/urls_pos.txt .*held out at random instead.*\n",
+                        captured.err), captured.err
+    assert re.search(r"^Validation: 40 of 202 train reviews .*; movies unknown$", captured.out,
+                     re.M)

@@ -14,6 +14,7 @@ def test_defaults_are_the_classic_tutorial():
     assert (config.num_words, config.maxlen, config.padding) == (10_000, 500, "pre")
     assert (config.batch_size, config.epochs, config.learning_rate) == (32, 5, 1e-3)
     assert not config.mask and not config.bidirectional and config.clip_norm == 0
+    assert config.val_split == "random"  # validation as the tutorial held it out
     assert preset("tutorial") == config
 
 
@@ -75,12 +76,27 @@ def test_missing_config_file(tmp_path):
     ({"dropout": 1.0}, "dropout: expected a rate"),
     ({"word_dropout": -0.1}, "word_dropout: expected a rate"),
     ({"val_fraction": 0.0}, "val_fraction"),
+    ({"val_split": "title"}, "val_split: expected one of random, movie"),
     ({"learning_rate": -1.0}, "learning_rate"),
     ({"num_words": 3}, "num_words"),
 ])
 def test_invalid_values(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
+
+
+def test_a_saved_config_without_later_fields_loads_with_their_defaults():
+    """config.json of a run from before val_split (and word_dropout) existed."""
+    saved = {k: v for k, v in TrainConfig(cell="gru").to_dict().items()
+             if k not in ("val_split", "word_dropout")}
+    config = TrainConfig.from_dict(json.loads(json.dumps(saved)))
+    assert config == TrainConfig(cell="gru") and config.val_split == "random"
+
+
+def test_val_split_is_a_checked_field():
+    assert TrainConfig(val_split="movie").val_split == "movie"
+    with pytest.raises(ValueError, match="field 'val_split' expects a str"):
+        TrainConfig.from_dict({"val_split": 1})
 
 
 def test_strategy_choices_come_from_the_registry():

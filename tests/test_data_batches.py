@@ -1,4 +1,5 @@
-"""Batching, shuffling, bucketing, resuming, device placement, validation split."""
+"""Batching, shuffling, bucketing, resuming, device placement, validation split (at random
+or by movie)."""
 
 import os
 import subprocess
@@ -11,7 +12,15 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stackrnn_jax.data import EncodedSplit, batches, num_batches, split_validation
+from stackrnn_jax.config import VAL_SPLITS
+from stackrnn_jax.data import (
+    EncodedSplit,
+    batches,
+    describe_validation,
+    num_batches,
+    pipeline,
+    split_validation,
+)
 
 MAXLEN = 8
 
@@ -180,3 +189,68 @@ def test_split_validation_is_stratified_disjoint_and_deterministic():
     assert np.array_equal(validation.labels, split.labels[validation_ids])
     with pytest.raises(ValueError, match="fraction must be in"):
         split_validation(split, 1.0, seed=0)
+
+
+def with_movies(n: int, seed: int = 0) -> EncodedSplit:
+    """``make_split(n)`` whose reviews belong to movies of 1 to 30 reviews of either label
+    (as IMDB's), in a random order."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 31, size=n)  # more than enough movies; cut at n reviews
+    movies = rng.permutation(np.repeat(np.arange(len(sizes)) + 1000, sizes)[:n]).astype(np.int32)
+    split = make_split(n, seed)
+    return EncodedSplit(split.ids, split.lengths, split.labels, movies)
+
+
+def test_random_split_holds_out_the_reviews_it_always_did():
+    """The tutorial's numbers depend on it: by="random" is the one rng draw per label."""
+    split = with_movies(101)
+    rng, expected = np.random.default_rng(3), np.zeros(101, dtype=bool)
+    for label in (0, 1):
+        members = np.flatnonzero(split.labels == label)
+        expected[rng.permutation(members)[:round(0.2 * len(members))]] = True
+    for validation in (split_validation(split, 0.2, seed=3)[1],
+                       split_validation(split, 0.2, seed=3, by="random")[1]):
+        assert np.array_equal(validation.ids[:, -1], np.flatnonzero(expected))
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2])
+def test_movie_split_holds_out_whole_movies_near_the_fraction_per_label(fraction):
+    split = with_movies(2000)
+    train, validation = split_validation(split, fraction, seed=0, by="movie")
+    assert not set(train.movies.tolist()) & set(validation.movies.tolist())
+    assert sorted(np.concatenate([train.ids[:, -1], validation.ids[:, -1]]).tolist()) == list(
+        range(2000))
+    assert np.array_equal(validation.movies, split.movies[validation.ids[:, -1]])  # aligned
+    line = describe_validation(train, validation)
+    for label in (0, 1):
+        total = np.count_nonzero(split.labels == label)
+        held = np.count_nonzero(validation.labels == label)
+        # never above the share; with many small movies, a few reviews short of it at most
+        assert round(fraction * total) - 5 <= held <= round(fraction * total)
+        assert f"label {label}: {held / total:.1%}" in line
+    assert line.endswith(f"; {len(set(validation.movies.tolist()))} movies, "
+                         "0 of them also in training")
+
+
+def test_movie_split_is_deterministic_per_seed():
+    split = with_movies(600)
+    first = split_validation(split, 0.2, seed=0, by="movie")[1]
+    assert np.array_equal(split_validation(split, 0.2, seed=0, by="movie")[1].ids, first.ids)
+    other = split_validation(split, 0.2, seed=1, by="movie")[1]
+    assert set(other.movies.tolist()) != set(first.movies.tolist())
+
+
+def test_movie_split_without_movies_warns_and_holds_out_at_random():
+    split = make_split(101)  # movies not given: all unknown
+    assert (split.movies == -1).all()
+    with pytest.warns(UserWarning, match="101 of the 101 train reviews have no movie.*"
+                                         "urls_pos.txt.*held out at random"):
+        train, validation = split_validation(split, 0.2, seed=0, by="movie")
+    assert np.array_equal(validation.ids, split_validation(split, 0.2, seed=0)[1].ids)
+    assert describe_validation(train, validation).endswith("; movies unknown")
+
+
+def test_unknown_validation_split_is_refused():
+    assert VAL_SPLITS == pipeline.VAL_SPLITS  # config cannot import the data layer: kept equal
+    with pytest.raises(ValueError, match="validation split: expected one of random, movie"):
+        split_validation(make_split(20), 0.2, seed=0, by="title")

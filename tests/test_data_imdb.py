@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from stackrnn_jax.data import DataError, imdb, load_encoded, load_imdb_texts, pipeline
+from stackrnn_jax.data import (
+    DataError,
+    imdb,
+    load_encoded,
+    load_imdb_texts,
+    pipeline,
+    split_validation,
+)
 from stackrnn_jax.data.tokenizer import OOV_ID, START_ID
 
 # Word "train"/"test" and "pos"/"neg" in each text let the tests check where it landed.
@@ -28,12 +35,17 @@ REVIEWS = {
     )
 }
 TEXTS_PER_SPLIT = 6
+# Line i of aclImdb/{split}/urls_{label}.txt: the IMDb page of review i (None: a line that is no
+# title URL). Movies 7 and 8 have reviews of both labels, as real ones do.
+MOVIES = {("train", "pos"): [7, 7, 8], ("train", "neg"): [8, 9, 7],
+          ("test", "pos"): [20, 21, 21], ("test", "neg"): [20, None]}  # review 2: no line
 REAL_ARCHIVE = Path(os.environ.get(imdb.DATA_PATH_ENV)
                     or Path(__file__).resolve().parents[1].parent / "shared/data/aclImdb.tar.gz")
 
 
-def write_tree(parent: Path, reviews=REVIEWS) -> Path:
-    """An ``aclImdb/`` folder under ``parent`` with the official layout and its extra files."""
+def write_tree(parent: Path, reviews=REVIEWS, movies=MOVIES) -> Path:
+    """An ``aclImdb/`` folder under ``parent`` with the official layout and its extra files;
+    ``movies`` None: no urls files."""
     root = parent / "aclImdb"
     for (split, label), texts in reviews.items():
         folder = root / split / label
@@ -42,7 +54,10 @@ def write_tree(parent: Path, reviews=REVIEWS) -> Path:
             name = f"{index}_{8 if label == 'pos' else 2}.txt"
             (folder / name).write_text(text, encoding="utf-8")
     (root / "README").write_text("not a review")
-    (root / "train" / "urls_pos.txt").write_text("http://example.com")
+    for (split, label), titles in (movies or {}).items():
+        (root / split / f"urls_{label}.txt").write_text("".join(
+            f"http://www.imdb.com/title/tt{title:07d}/usercomments\n" if title else "about:blank\n"
+            for title in titles))
     (root / "train" / "unsup").mkdir(parents=True, exist_ok=True)
     (root / "train" / "unsup" / "0_0.txt").write_text("unlabeled")
     return root
@@ -97,6 +112,29 @@ def test_archive_gives_train_and_test_with_labels(imdb_texts):
         expected = {text: int(label == "pos")
                     for (s, label), group in REVIEWS.items() if s == split for text in group}
         assert by_text((texts, labels)) == expected
+
+
+def expected_movies(split: str, movies=MOVIES) -> dict[str, int]:
+    return {text: (movies[split, label] + [None] * 3)[index] or -1
+            for (s, label), texts in REVIEWS.items() if s == split
+            for index, text in enumerate(texts)}
+
+
+@pytest.mark.parametrize("which", ["archive", "folder"])
+def test_movies_come_from_the_urls_files(tmp_path, imdb_tree, imdb_archive, which):
+    data = imdb_archive if which == "archive" else imdb_tree
+    reviews = imdb.load_texts(imdb.resolve_source(data), tmp_path)
+    for split in ("train", "test"):
+        texts, _, movies = reviews[split]
+        assert movies.dtype == np.int32
+        assert dict(zip(texts, movies.tolist(), strict=True)) == expected_movies(split)
+
+
+def test_copy_without_urls_files_has_unknown_movies(tmp_path):
+    root = write_tree(tmp_path / "copy", movies=None)
+    for data in (root, write_archive(tmp_path / "no-urls.tar.gz", root)):
+        for reviews in imdb.load_texts(imdb.resolve_source(data), tmp_path / "tfds").values():
+            assert (reviews.movies == -1).all()
 
 
 def test_prepared_dataset_is_reused(tmp_path, imdb_archive, monkeypatch):
@@ -269,13 +307,15 @@ def test_load_encoded_builds_then_reloads_cache(tmp_path, imdb_archive, monkeypa
     assert "testonlyword" not in encoded.vocab.words
     assert "train" in encoded.vocab.words and "test" not in encoded.vocab.words
     assert (encoded.test.ids == OOV_ID).any()
+    texts = imdb.load_texts(imdb.resolve_source(imdb_archive), tmp_path / "tfds")["train"].texts
+    assert encoded.train.movies.tolist() == [expected_movies("train")[t] for t in texts]
 
     reads = []
     monkeypatch.setattr(pipeline, "load_texts",
                         lambda *args: reads.append(args) or imdb.load_texts(*args))
     cached = load_encoded(imdb_archive, **settings)
     for split in ("train", "test"):
-        for field in ("ids", "lengths", "labels"):
+        for field in ("ids", "lengths", "labels", "movies"):
             built, reloaded = (getattr(getattr(result, split), field)
                                for result in (encoded, cached))
             assert reloaded.dtype == np.int32 and np.array_equal(reloaded, built)
@@ -301,6 +341,10 @@ def test_real_archive(tmp_path):
         assert np.bincount(split.labels).tolist() == [12_500, 12_500]
         assert split.lengths.min() >= 1 and split.lengths.max() == 500
     assert len(encoded.vocab.words) == 10_000 - 3 and encoded.vocab.words[0] == "the"
+    assert (encoded.train.movies > 0).all() and len(np.unique(encoded.train.movies)) > 3000
+    train, validation = split_validation(encoded.train, 0.2, seed=0, by="movie")
+    assert not set(train.movies.tolist()) & set(validation.movies.tolist())
+    assert np.bincount(validation.labels).tolist() == [2_500, 2_500]
     tokens = encoded.test.ids[encoded.test.ids > START_ID]
     assert 0.03 < np.mean(tokens == OOV_ID) < 0.08
     start = time.monotonic()

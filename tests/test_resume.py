@@ -107,6 +107,20 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         run_dir.prepare(workdir, RESUMABLE.replace(units=4))
 
 
+def test_checkpoint_from_before_a_field_existed_resumes_at_its_default(tmp_path, monkeypatch):
+    """Checkpoints record the config fields of their time; a field added since (val_split)
+    counts as its default there, which is what those runs did."""
+    workdir = tmp_path / "older"
+    identity = run_dir.identity
+    monkeypatch.setattr(run_dir, "identity", lambda config: {
+        k: v for k, v in identity(config).items() if k != "val_split"})
+    run_fit(workdir, RESUMABLE.replace(epochs=1))
+    monkeypatch.undo()
+    assert final_state(workdir, RESUMABLE.replace(epochs=1))[1]["epoch"] == 2
+    with pytest.raises(CheckpointError, match="another config.*val_split: 'random' -> 'movie'"):
+        final_state(workdir, RESUMABLE.replace(epochs=1, val_split="movie"))
+
+
 def test_finished_run_is_not_retrained(tmp_path, monkeypatch, uninterrupted):
     workdir, history = uninterrupted
     monkeypatch.setattr(train, "train_epoch", lambda *args, **kw: pytest.fail("a step ran"))

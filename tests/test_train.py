@@ -1,6 +1,7 @@
 """Training loop on a learnable synthetic task: loss, one trace, run files, best-epoch reload."""
 
 import csv
+import io
 import json
 import re
 
@@ -10,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from stackrnn_jax import distributed, run_dir
+from stackrnn_jax import distributed, run_dir, train
 from stackrnn_jax.data import Vocabulary
 from stackrnn_jax.predict import load_run, predict_proba
 from stackrnn_jax.train import (
@@ -21,7 +22,7 @@ from stackrnn_jax.train import (
     make_train_step,
     train_epoch,
 )
-from tests.helpers import TRAIN_CONFIG, synthetic_split
+from tests.helpers import TRAIN_CONFIG, synthetic_split, write_archive
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,27 @@ def test_workdir_with_another_config_is_refused(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(run_dir.RunError, match="holds no run"):
         run_dir.prepare(tmp_path / "other", TRAIN_CONFIG)
+
+
+@pytest.mark.usefixtures("private_caches")
+def test_train_and_evaluate_holds_out_the_validation_its_config_names(tmp_path, monkeypatch):
+    """The split reaches fit: whole movies with val_split="movie", reviews at random
+    (sharing movies with training) with "random"; one line says which."""
+    archive = write_archive(tmp_path / "aclImdb.tar.gz", movies=True)
+    splits = {}
+    monkeypatch.setattr(train, "fit", lambda config, part, val, *args, **kwargs: splits.update(
+        {config.val_split: (part, val)}) or {})
+    out = io.StringIO()
+    config = TRAIN_CONFIG.replace(num_words=40, maxlen=16)
+    for val_split in ("movie", "random"):
+        train.train_and_evaluate(config.replace(val_split=val_split), tmp_path / val_split,
+                                 archive, out=out)
+    shared = {name: set(part.movies.tolist()) & set(val.movies.tolist())
+              for name, (part, val) in splits.items()}
+    assert not shared["movie"] and shared["random"]
+    assert len(splits["random"][1]) == 40  # round(0.2 * 101) per label
+    assert 40 - 8 <= len(splits["movie"][1]) <= 40  # short of it by less than a movie
+    lines = out.getvalue().splitlines()
+    movies = len(set(splits["movie"][1].movies.tolist()))
+    assert lines[0].endswith(f"; {movies} movies, 0 of them also in training")
+    assert lines[1].endswith(f", {len(shared['random'])} of them also in training")

@@ -6,6 +6,7 @@ from stackrnn_jax.data.pipeline import (
                                         EncodedIMDB,
                                         EncodedSplit,
                                         check_reviews,
+                                        describe_validation,
                                         load_encoded,
                                         split_validation,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "batches",
     "bucket_length",
     "check_reviews",
+    "describe_validation",
     "load_encoded",
     "load_imdb_texts",
     "num_batches",

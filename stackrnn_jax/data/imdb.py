@@ -12,6 +12,13 @@ Both sources end as the tfds dataset ``imdb_reviews`` with splits ``train`` and
 Either way the builder below reads the archive with :mod:`tarfile` and prepares an
 ``array_record`` dataset, so neither preparing nor reading needs TensorFlow (the
 stock builder's ``dl_manager.iter_archive`` opens files through ``tf.io.gfile``).
+
+Each review also carries its movie: ``aclImdb/{split}/urls_{label}.txt`` holds on line
+``i`` the IMDb page (``.../title/ttNNNNNNN/usercomments``) of the review ``i_<rating>.txt``
+in ``{split}/{label}``; the feature ``movie`` is that title number, -1 where a copy has
+no such line. Up to 30 reviews share a movie, and train and test are disjoint sets of
+movies, so a validation split that stands for the test split holds out whole movies
+(``pipeline.split_validation``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -44,6 +52,13 @@ ONLINE_IDENTITY = "tfds-online"
 _DOWNLOAD_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 _PROBE_TIMEOUT_S = 3.0
 _REVIEW_PATH = re.compile(r"aclImdb/(train|test)/(neg|pos)/[^/]+\.txt")
+_URLS_PATH = re.compile(r"aclImdb/(train|test)/urls_(neg|pos)\.txt")
+_REVIEW_INDEX = re.compile(r"(\d+)_\d+\.txt")  # <index>_<rating>.txt: index = line of urls
+_MOVIE_URL = re.compile(r"/title/tt(\d+)")
+UNKNOWN_MOVIE = -1
+# 1.1.0: the ``movie`` feature. A version of its own, so that a dataset prepared without it
+# is prepared again rather than read.
+_VERSION = "1.1.0"
 _HOW_TO_PASS_LOCAL_COPY = (
     "pass a local copy (aclImdb_v1.tar.gz or an extracted aclImdb/ folder) "
     f"with --data PATH or {DATA_PATH_ENV}=PATH"
@@ -94,41 +109,70 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
+def _wanted(key: str) -> bool:
+    """A review or a urls file (the other members are never read)."""
+    return bool(_REVIEW_PATH.fullmatch(key) or _URLS_PATH.fullmatch(key))
+
+
 def _archive_members(archive_path: Path) -> Iterator[tuple[str, str, bytes]]:
-    """Yields ``(aclImdb/split/label/name.txt, where, raw bytes)`` per review of a tar archive."""
+    """Yields ``(aclImdb/..., where, raw bytes)`` per review and urls file of a tar archive."""
     try:
         with tarfile.open(archive_path, "r:*") as archive:
             for member in archive:
                 key = member.name.removeprefix("./")
                 content = archive.extractfile(member) if member.isfile() else None
-                if content is not None and _REVIEW_PATH.fullmatch(key):
+                if content is not None and _wanted(key):
                     yield key, f"{archive_path} (member {key})", content.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{archive_path}: not a readable tar archive ({error})") from error
 
 
 def _folder_files(root: Path) -> Iterator[tuple[str, str, bytes]]:
-    """Yields ``(aclImdb/split/label/name.txt, where, raw bytes)`` per review under ``root``."""
+    """Yields ``(aclImdb/..., where, raw bytes)`` per review and urls file under ``root``."""
     for split in SPLITS:
         for label in LABEL_NAMES:
-            for file in sorted((root / split / label).glob("*.txt")):
+            files = sorted((root / split / label).glob("*.txt"))
+            urls = root / split / f"urls_{label}.txt"
+            if urls.is_file():
+                files.append(urls)
+            for file in files:
                 try:
                     raw = file.read_bytes()
                 except OSError as error:
                     raise DataError(f"{file}: cannot read ({error.strerror})") from error
-                yield f"aclImdb/{split}/{label}/{file.name}", str(file), raw
+                # the key names the file as inside the archive, whatever the folder's name
+                yield f"aclImdb/{file.relative_to(root).as_posix()}", str(file), raw
 
 
-def read_reviews(path: Path) -> dict[str, list[tuple[str, dict[str, str]]]]:
+def _movie_ids(raw: bytes) -> list[int]:
+    """Per line of a urls file, the IMDb title number of its URL (-1 where there is none)."""
+    found = (_MOVIE_URL.search(line) for line in raw.decode("utf-8", "replace").splitlines())
+    return [int(match.group(1)) if match else UNKNOWN_MOVIE for match in found]
+
+
+def _movie(key: str, movies: list[int]) -> int:
+    """The movie of review ``key`` (``.../<index>_<rating>.txt``): line ``index`` of its urls."""
+    match = _REVIEW_INDEX.fullmatch(key.rsplit("/", 1)[-1])
+    index = int(match.group(1)) if match else len(movies)
+    return movies[index] if index < len(movies) else UNKNOWN_MOVIE
+
+
+def read_reviews(path: Path) -> dict[str, list[tuple[str, dict[str, str | int]]]]:
     """Reads every labeled review of a local copy into tfds examples, checking the layout.
 
-    Returns ``{split: [(key, {"text": str, "label": "neg" | "pos"}), ...]}``; keys are
-    the paths inside the archive, so a folder and its archive give the same dataset.
+    Returns ``{split: [(key, {"text": str, "label": "neg" | "pos", "movie": int}), ...]}``;
+    keys are the paths inside the archive, so a folder and its archive give the same
+    dataset. ``movie`` is -1 (``UNKNOWN_MOVIE``) for every review of a label whose urls
+    file is missing.
     """
-    reviews = _archive_members(path) if path.is_file() else _folder_files(path)
     examples: dict[tuple[str, str], list] = {(split, label): []
                                              for split in SPLITS for label in LABEL_NAMES}
-    for key, where, raw in reviews:
+    movies: dict[tuple[str, str], list[int]] = {}  # urls files may come before or after
+    for key, where, raw in _archive_members(path) if path.is_file() else _folder_files(path):
+        urls = _URLS_PATH.fullmatch(key)
+        if urls:
+            movies[urls.group(1), urls.group(2)] = _movie_ids(raw)
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -142,6 +186,8 @@ def read_reviews(path: Path) -> dict[str, list[tuple[str, dict[str, str]]]]:
         if not rows:
             raise DataError(f"{path}: the {split} split is empty for label {label!r} "
                             f"(no aclImdb/{split}/{label}/*.txt)")
+        for key, example in rows:
+            example["movie"] = _movie(key, movies.get((split, label), []))
     return {split: examples[split, "neg"] + examples[split, "pos"] for split in SPLITS}
 
 
@@ -151,18 +197,30 @@ class _SourceConfig(stock_imdb.IMDBReviewsConfig):
     def __init__(self, *, source: Source, **kwargs):
         super().__init__(**kwargs)
         self.source = source
+        self.version = tfds.core.Version(_VERSION)  # the stock config fixes 1.0.0
 
 
 class ImdbReviews(stock_imdb.Builder, skip_registration=True):  # type: ignore[call-arg]
     """The stock ``imdb_reviews`` builder, reading train and test only, with :mod:`tarfile`.
 
-    Same name, features and metadata as the stock builder; not registered, so
-    ``tfds.builder("imdb_reviews")`` still returns the stock one.
+    Same name and metadata as the stock builder, and its features plus ``movie``; not
+    registered, so ``tfds.builder("imdb_reviews")`` still returns the stock one.
     """
 
     name = "imdb_reviews"
     pkg_dir_path = stock_imdb.Builder._get_pkg_dir_path()  # the stock README and citations
     url_infos = stock_imdb.Builder.url_infos  # official archive's checksum
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "text": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=list(LABEL_NAMES)),
+                "movie": tfds.features.Scalar(np.int64, doc="IMDb title number; -1: unknown"),
+            }),
+            supervised_keys=("text", "label"),
+            homepage="http://ai.stanford.edu/~amaas/data/sentiment/",
+        )
 
     def _split_generators(self, dl_manager):
         source = self.builder_config.source
@@ -211,7 +269,16 @@ def download_host_reachable(url: str = _DOWNLOAD_URL, timeout: float = _PROBE_TI
     return outcome == [True]
 
 
-def _read_split(builder: ImdbReviews, split: str) -> tuple[list[str], np.ndarray]:
+class Reviews(NamedTuple):
+    """One split: ``texts`` (``num_reviews`` str), ``labels`` and ``movies``
+    ``(num_reviews,)`` int32 (1 = positive; IMDb title numbers, -1 where unknown)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    movies: np.ndarray
+
+
+def _read_split(builder: ImdbReviews, split: str) -> Reviews:
     source = builder.as_data_source(split)
     try:
         rows = source.__getitems__(list(range(len(source))))  # one read: ~8x faster than by row
@@ -221,7 +288,8 @@ def _read_split(builder: ImdbReviews, split: str) -> tuple[list[str], np.ndarray
     texts = [row["text"] if isinstance(row["text"], str) else row["text"].decode("utf-8")
              for row in rows]
     labels = np.fromiter((row["label"] for row in rows), dtype=np.int32, count=len(rows))
-    return texts, labels
+    movies = np.fromiter((row["movie"] for row in rows), dtype=np.int32, count=len(rows))
+    return Reviews(texts, labels, movies)
 
 
 def _download_and_prepare(builder: ImdbReviews) -> None:
@@ -236,9 +304,9 @@ def _download_and_prepare(builder: ImdbReviews) -> None:
         raise DataError(f"IMDB download failed ({reason}); {_HOW_TO_PASS_LOCAL_COPY}") from error
 
 
-def load_texts(source: Source, data_dir: str | os.PathLike | None = None
-               ) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Prepares ``source`` once under ``data_dir``, then reads both splits (see load_imdb_texts)."""
+def load_texts(source: Source, data_dir: str | os.PathLike | None = None) -> dict[str, Reviews]:
+    """Prepares ``source`` once under ``data_dir``, then reads both splits (see load_imdb_texts),
+    with each review's movie."""
     builder = imdb_builder(source, data_dir)
     if not builder.is_prepared():
         if source.path is None:
@@ -267,4 +335,5 @@ def load_imdb_texts(data: str | os.PathLike | None = None, *,
       DataError: missing path, wrong layout, empty split, non-UTF-8 review, or no
         internet and no local copy.
     """
-    return load_texts(resolve_source(data), data_dir)
+    return {split: (reviews.texts, reviews.labels)
+            for split, reviews in load_texts(resolve_source(data), data_dir).items()}
