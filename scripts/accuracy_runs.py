@@ -97,6 +97,21 @@ def markdown(results: list[dict], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_cells(runs: list[dict]) -> dict[str, str]:
+    """The README accuracy table's cells for one preset's runs (one seed, or several: means,
+    and the test accuracy as mean ± sample std). tests/test_docs.py holds the README to it."""
+    accuracies = [r["test_accuracy"] for r in runs]
+    accuracy = f"{accuracies[0]:.4f}"
+    if len(runs) > 1:
+        accuracy = f"{statistics.fmean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f}"
+    return {"seeds": ", ".join(str(r["seed"]) for r in runs),
+            "epochs (best)": f"{runs[0]['epochs']} (best "
+                             f"{', '.join(str(r['best_epoch']) for r in runs)})",
+            "train time": f"{statistics.fmean(r['train_wall_s'] for r in runs) / 60:.1f} min",
+            "s/epoch": f"{statistics.fmean(r['seconds_per_epoch'] for r in runs):.0f}",
+            "test accuracy": accuracy}
+
+
 def seed_table(results: list[dict]) -> list[str]:
     """Mean ± sample std over the seeds of each preset that ran with more than one seed."""
     by_preset: dict[str, list[dict]] = {}

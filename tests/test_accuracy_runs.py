@@ -1,14 +1,9 @@
 """scripts/accuracy_runs.py: every ablation variant is a valid config, and the seed table."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import accuracy_runs  # noqa: E402
-
-from stackrnn_jax.config import PRESETS, resolve  # noqa: E402
+from scripts import accuracy_runs
+from stackrnn_jax.config import PRESETS, resolve
 
 
 @pytest.mark.parametrize("preset", [name for name in PRESETS if name.endswith("-best")])
@@ -28,3 +23,8 @@ def test_seed_table_is_mean_and_std_over_seeds():
     text = accuracy_runs.markdown(results, info)
     assert "| p | 3 | 0.9000 ± 0.0100 | 32 |" in text
     assert "| single | 1 |" not in text  # one seed: no spread to report
+    cells = accuracy_runs.readme_cells(results[:3])
+    assert cells == {"seeds": "0, 1, 2", "epochs (best)": "2 (best 1, 1, 1)",
+                     "train time": "1.0 min", "s/epoch": "32",
+                     "test accuracy": "0.9000 ± 0.0100"}
+    assert accuracy_runs.readme_cells(results[3:])["test accuracy"] == "0.9000"
