@@ -117,12 +117,12 @@ def seed_table(results: list[dict]) -> list[str]:
     by_preset: dict[str, list[dict]] = {}
     for r in results:
         by_preset.setdefault(r["preset"], []).append(r)
-    lines = ["", "| preset | seeds | test accuracy (mean ± std) | s/epoch (mean) |",
-             "|---|---|---|---|"]
-    rows = [f"| {name} | {len(runs)} | {statistics.fmean(a):.4f} ± {statistics.stdev(a):.4f} | "
-            f"{statistics.fmean(r['seconds_per_epoch'] for r in runs):.0f} |"
-            for name, runs in by_preset.items()
-            if len(runs) > 1 for a in [[r["test_accuracy"] for r in runs]]]
+    lines = ["", "| preset | seeds | test accuracy (mean ± std) | train wall time (mean) "
+             "| s/epoch (mean) |", "|---|---|---|---|---|"]
+    rows = [f"| {name} | {len(runs)} | {cells['test accuracy']} | {cells['train time']} | "
+            f"{cells['s/epoch']} |"
+            for name, runs in by_preset.items() if len(runs) > 1
+            for cells in [readme_cells(runs)]]
     return lines + rows if rows else []
 
 

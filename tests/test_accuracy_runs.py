@@ -21,7 +21,7 @@ def test_seed_table_is_mean_and_std_over_seeds():
     results.append({**results[0], "preset": "single"})
     info = {"cpu": "c", "cores": 2, "platform": "p", "jax": "j", "device": "d"}
     text = accuracy_runs.markdown(results, info)
-    assert "| p | 3 | 0.9000 ± 0.0100 | 32 |" in text
+    assert "| p | 3 | 0.9000 ± 0.0100 | 1.0 min | 32 |" in text
     assert "| single | 1 |" not in text  # one seed: no spread to report
     cells = accuracy_runs.readme_cells(results[:3])
     assert cells == {"seeds": "0, 1, 2", "epochs (best)": "2 (best 1, 1, 1)",
