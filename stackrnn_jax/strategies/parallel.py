@@ -62,29 +62,37 @@ import jax
 import jax.numpy as jnp
 
 from stackrnn_jax.ops import newton
-from stackrnn_jax.ops.linear_scan import is_full
+from stackrnn_jax.ops.kalman import damped_correction
+from stackrnn_jax.ops.linear_scan import linear_recurrence, transpose
 from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
 from stackrnn_jax.strategies.common import layer_by_layer
 from stackrnn_jax.strategies.registry import register
 
-METHODS = ("auto", "deer", "quasi")
-INITS = ("input", "zeros")
+METHODS = ("auto", "deer", "quasi", "block")
+INITS = ("input", "zeros", "chunks")
 DEER_MAX_STATE = 64        # "auto": full Jacobians up to this many state components
 POWER_STEPS = 6            # power-iteration steps of deer's spectral-norm estimate
-DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128}
+DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128, "block": 128}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Solver settings (hashable: a static argument of the custom VJP).
 
-    method: ``"auto"``, ``"deer"`` or ``"quasi"``.
+    method: ``"auto"``, ``"deer"``, ``"quasi"`` or ``"block"``.
     tol: relative residual tolerance; None: 1e-13 for 64-bit, 1e-6 for 32-bit, 1e-2 for
       16-bit floats.
-    max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (quasi).
+    max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (quasi,
+      block).
     damping: largest gain of the linearisation, a positive float, or None (undamped).
     init: first guess: ``"input"`` (every step from a zero state, ``f(0, xw_t)``, in
-      parallel) or ``"zeros"``.
+      parallel), ``"zeros"``, or ``"chunks"`` (the recurrence run exactly within chunks
+      of ``chunk`` steps, each from a zero state, all chunks at once: ``chunk``
+      sequential steps).
+    elk: the Levenberg-Marquardt weight ``λ`` of ELK's damped correction
+      (``kalman.py``), a positive float, or None (the plain Newton correction). Needs
+      diagonal Jacobians: method ``"quasi"``.
+    chunk: steps per chunk of ``init="chunks"``.
     """
 
     method: str = "auto"
@@ -92,6 +100,8 @@ class Options:
     max_iters: int | None = None
     damping: float | None = None
     init: str = "input"
+    elk: float | None = None
+    chunk: int = 32
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -106,6 +116,13 @@ class Options:
         if self.damping is not None and not (
                 isinstance(self.damping, (int, float)) and self.damping > 0):
             raise ValueError(f"damping: expected a positive float or None, got {self.damping!r}")
+        if self.elk is not None and not (isinstance(self.elk, (int, float)) and self.elk > 0):
+            raise ValueError(f"elk: expected a positive float or None, got {self.elk!r}")
+        if self.elk is not None and self.method != "quasi":
+            raise ValueError(f"elk: the damped correction needs diagonal Jacobians; use "
+                             f"method='quasi', not {self.method!r}")
+        if not (isinstance(self.chunk, int) and self.chunk >= 1):
+            raise ValueError(f"chunk: expected an int >= 1, got {self.chunk!r}")
 
     def for_layer(self, state_size: int, dtype) -> "Options":
         """Every default filled in for a layer of ``state_size`` components in ``dtype``."""
@@ -116,7 +133,13 @@ class Options:
         if tol is None:
             tol = {8: 1e-13, 4: 1e-6}.get(jnp.dtype(dtype).itemsize, 1e-2)
         max_iters = DEFAULT_MAX_ITERS[method] if self.max_iters is None else self.max_iters
-        return Options(method, float(tol), max_iters, self.damping, self.init)
+        return dataclasses.replace(self, method=method, tol=float(tol), max_iters=max_iters)
+
+    def correction(self):
+        """The ``correct`` argument of ``newton.solve``: exact, or ELK's damped solve."""
+        if self.elk is None:
+            return linear_recurrence
+        return functools.partial(damped_correction, lam=float(self.elk))
 
 
 # ----------------------------------------------------------------------------- the step
@@ -178,10 +201,41 @@ def _diagonal_jacobian(cell, params, s_prev, xw):
     return _pack(parts[0][0]), _pack([d for _, d in parts])
 
 
-def _damped(jac, damping, full):
-    """Scale each Jacobian to gain ``<= damping`` (diagonal: clip; full: spectral estimate)."""
+def _block_jacobian(cell, params, s_prev, xw):
+    """``(F, J)`` with ``J (..., units, p, p)``: per unit ``k`` the exact derivatives among
+    the ``p`` carry parts' unit ``k`` (an LSTM's ``(h_k, c_k)``), through the diagonal of
+    ``W_h`` as in ``_diagonal_jacobian``; the couplings between units are left out.
+
+    A one-part carry has ``1 x 1`` blocks: the diagonal is returned instead.
+    """
+    if cell.carry_size == 1:
+        return _diagonal_jacobian(cell, params, s_prev, xw)
+    carry = _unpack(s_prev, cell.carry_size)
+    u = recurrent_matmul(cell, params, carry, xw)
+    w = params["recurrent_kernel"]
+    units = w.shape[0]
+    w_diag = jnp.diagonal(w.reshape(units, -1, units), axis1=0, axis2=2).reshape(-1)
+
+    def column(i):  # d (every part) / d (part i), per unit: (..., units, p)
+        tangent_carry = tuple(jnp.full_like(c, 1.0 if j == i else 0.0)
+                              for j, c in enumerate(carry))
+        tangent_u = jnp.broadcast_to(w_diag if i == 0 else jnp.zeros_like(w_diag), u.shape)
+        out, d_out = jax.jvp(lambda c, v: head(cell, c, xw, v), (carry, u),
+                             (tangent_carry, tangent_u))
+        return out, jnp.stack(d_out, axis=-1)
+
+    columns = [column(i) for i in range(cell.carry_size)]
+    return _pack(columns[0][0]), jnp.stack([d for _, d in columns], axis=-1)
+
+
+def _damped(jac, damping, full, blocks):
+    """Scale each Jacobian to gain ``<= damping`` (diagonal: clip; blocks: by their
+    Frobenius norm, a bound on the gain; full: spectral estimate)."""
     if damping is None:
         return jac
+    if blocks:
+        gain = jnp.sqrt(jnp.sum(jac * jac, axis=(-2, -1), keepdims=True))
+        return jac * jnp.minimum(1.0, damping / jnp.maximum(gain, 1e-30))
     if not full:
         return jnp.clip(jac, -damping, damping)
     v = jnp.ones(jac.shape[:-1], jac.dtype)
@@ -195,16 +249,42 @@ def _damped(jac, damping, full):
 def _linearize(cell, params, opts, s_prev, inputs):
     """``(F, J)`` of the masked step (``J = I`` at masked steps), damped; see ``newton``."""
     xw, mask = inputs
-    full = opts.method == "deer"
-    f, jac = (_full_jacobian if full else _diagonal_jacobian)(cell, params, s_prev, xw)
-    jac = _damped(jac, opts.damping, full)
+    jacobian = {"deer": _full_jacobian, "quasi": _diagonal_jacobian,
+                "block": _block_jacobian}[opts.method]
+    f, jac = jacobian(cell, params, s_prev, xw)
+    extra = jac.ndim - f.ndim     # 0 diagonal, 1 full, 2 blocks
+    jac = _damped(jac, opts.damping, extra == 1, extra == 2)
     if mask is None:
         return f, jac
-    identity = jnp.eye(f.shape[-1], dtype=f.dtype) if full else jnp.ones((), f.dtype)
-    return jnp.where(mask, f, s_prev), jnp.where(mask[..., None] if full else mask, jac, identity)
+    identity = (jnp.ones((), f.dtype) if extra == 0 else
+                jnp.eye(jac.shape[-1], dtype=f.dtype))
+    return jnp.where(mask, f, s_prev), jnp.where(mask[(...,) + (None,) * extra], jac, identity)
 
 
 # ----------------------------------------------------------------------------- forward
+
+
+def _chunked_guess(step, s0, inputs, chunk: int):
+    """The recurrence run exactly within chunks of ``chunk`` steps, the first from ``s0``,
+    the others from a zero state, all chunks side by side: ``chunk`` sequential steps
+    -> ``(T, batch, D)``."""
+    steps = inputs[0].shape[0]
+    chunks = -(-steps // chunk)
+
+    def by_chunk(a):  # (T, ...) -> (chunk, chunks, ...), zero-padded at the end
+        if a is None:
+            return None
+        a = jnp.pad(a, [(0, chunks * chunk - steps)] + [(0, 0)] * (a.ndim - 1))
+        return jnp.swapaxes(a.reshape(chunks, chunk, *a.shape[1:]), 0, 1)
+
+    start = jnp.zeros((chunks,) + s0.shape, s0.dtype).at[0].set(s0)
+
+    def one(s, inputs_k):
+        s = step(s, inputs_k)
+        return s, s
+
+    _, states = jax.lax.scan(one, start, jax.tree.map(by_chunk, inputs))
+    return jnp.swapaxes(states, 0, 1).reshape(chunks * chunk, *s0.shape)[:steps]
 
 
 def _solve_layer(cell, opts, params, s0, xw, mask):
@@ -213,10 +293,13 @@ def _solve_layer(cell, opts, params, s0, xw, mask):
     step = functools.partial(_step, cell, params)
     if opts.init == "zeros":
         guess = jnp.zeros(xw.shape[:1] + s0.shape, s0.dtype)
+    elif opts.init == "chunks":
+        guess = _chunked_guess(step, s0, inputs, opts.chunk)
     else:
         guess = step(jnp.zeros(xw.shape[:1] + s0.shape, s0.dtype), inputs)
     return newton.solve(step, functools.partial(_linearize, cell, params, opts), s0, guess,
-                        inputs, tol=opts.tol, scale=1.0, max_iters=opts.max_iters)
+                        inputs, tol=opts.tol, scale=1.0, max_iters=opts.max_iters,
+                        correct=opts.correction())
 
 
 def _states(cell, opts, params, s0, xw, mask):
@@ -275,14 +358,15 @@ def _adjoint(cell, opts, params, xw, mask, states, d_states):
     def linearize(lam_prev, inputs):
         s, x, m, _ = inputs
         jac = _linearize(cell, params, opts, s, (x, m))[1]
-        return step(lam_prev, inputs), jnp.swapaxes(jac, -1, -2) if is_full(jac, s) else jac
+        return step(lam_prev, inputs), transpose(jac, s)
 
     zero = jnp.zeros_like(states[0])
-    guess = step(jnp.zeros_like(states), inputs) if opts.init == "input" else jnp.zeros_like(states)
+    guess = step(jnp.zeros_like(states), inputs) if opts.init != "zeros" else jnp.zeros_like(states)
     scale = jnp.max(jnp.abs(d_states))
     lam, iterations, converged = newton.solve(step, linearize, zero, guess, inputs,
                                               tol=opts.tol, scale=scale,
-                                              max_iters=opts.max_iters)
+                                              max_iters=opts.max_iters,
+                                              correct=opts.correction())
     return jnp.flip(lam, 0), iterations, converged
 
 
@@ -327,7 +411,7 @@ def parallel_solve(cell, params, xs, mask=None, carry=None, **options):
       xs: ``(time, batch, features)`` time-major input of the layer.
       mask: ``(time, batch)`` bool, True at real steps, or None.
       carry: the initial carry (tuple of ``(batch, units)``) or None for zeros.
-      options: ``Options`` fields (method, tol, max_iters, damping, init).
+      options: ``Options`` fields (method, tol, max_iters, damping, init, elk, chunk).
     Returns:
       ``(states, iterations, converged)``: ``states (time, batch, D)`` with ``D = units``
       (h) or ``2*units`` (h then c, LSTM); ``iterations`` the Newton updates done (int32);
