@@ -68,22 +68,22 @@ from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
 from stackrnn_jax.strategies.common import layer_by_layer
 from stackrnn_jax.strategies.registry import register
 
-METHODS = ("auto", "deer", "quasi", "block")
+METHODS = ("auto", "deer", "quasi", "block", "gain")
 INITS = ("input", "zeros", "chunks")
 DEER_MAX_STATE = 64        # "auto": full Jacobians up to this many state components
 POWER_STEPS = 6            # power-iteration steps of deer's spectral-norm estimate
-DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128, "block": 128}
+DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128, "block": 128, "gain": 128}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Solver settings (hashable: a static argument of the custom VJP).
 
-    method: ``"auto"``, ``"deer"``, ``"quasi"`` or ``"block"``.
+    method: ``"auto"``, ``"deer"``, ``"quasi"``, ``"block"`` or ``"gain"`` (SimpleRNN only).
     tol: relative residual tolerance; None: 1e-13 for 64-bit, 1e-6 for 32-bit, 1e-2 for
       16-bit floats.
-    max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (quasi,
-      block).
+    max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (the
+      others).
     damping: largest gain of the linearisation, a positive float, or None (undamped).
     init: first guess: ``"input"`` (every step from a zero state, ``f(0, xw_t)``, in
       parallel), ``"zeros"``, or ``"chunks"`` (the recurrence run exactly within chunks
@@ -228,6 +228,15 @@ def _block_jacobian(cell, params, s_prev, xw):
     return _pack(columns[0][0]), jnp.stack([d for _, d in columns], axis=-1)
 
 
+def _gain_jacobian(cell, params, s_prev, xw):
+    """``(F, c)``: ``c (..., 1)`` the mean over units of ``act'(z)``, the scalar gain of the
+    stand-in ``c W_h^T`` for a SimpleRNN's Jacobian ``diag(act'(z)) W_h^T``."""
+    carry = _unpack(s_prev, cell.carry_size)
+    u = recurrent_matmul(cell, params, carry, xw)
+    out, d_out = jax.jvp(lambda v: head(cell, carry, xw, v), (u,), (jnp.ones_like(u),))
+    return _pack(out), jnp.mean(d_out[0], axis=-1, keepdims=True)
+
+
 def _damped(jac, damping, full, blocks):
     """Scale each Jacobian to gain ``<= damping`` (diagonal: clip; blocks: by their
     Frobenius norm, a bound on the gain; full: spectral estimate)."""
@@ -249,6 +258,8 @@ def _damped(jac, damping, full, blocks):
 def _linearize(cell, params, opts, s_prev, inputs):
     """``(F, J)`` of the masked step (``J = I`` at masked steps), damped; see ``newton``."""
     xw, mask = inputs
+    if opts.method == "gain":
+        return _linearize_gain(cell, params, opts, s_prev, inputs)
     jacobian = {"deer": _full_jacobian, "quasi": _diagonal_jacobian,
                 "block": _block_jacobian}[opts.method]
     f, jac = jacobian(cell, params, s_prev, xw)
@@ -259,6 +270,41 @@ def _linearize(cell, params, opts, s_prev, inputs):
     identity = (jnp.ones((), f.dtype) if extra == 0 else
                 jnp.eye(jac.shape[-1], dtype=f.dtype))
     return jnp.where(mask, f, s_prev), jnp.where(mask[(...,) + (None,) * extra], jac, identity)
+
+
+def _linearize_gain(cell, params, opts, s_prev, inputs):
+    """``(F, g)`` with ``g (..., D)`` complex: the stand-in ``c_t W_h^T`` in ``W_h``'s
+    eigenbasis, ``c_t λ_k`` (``I`` at masked steps: 1); ``|g|`` clipped to ``damping``."""
+    xw, mask = inputs
+    f, c = _gain_jacobian(cell, params, s_prev, xw)
+    eigenvalues = jnp.linalg.eigvals(jax.lax.stop_gradient(params["recurrent_kernel"]))
+    g = c * eigenvalues
+    if opts.damping is not None:
+        g = g * jnp.minimum(1.0, opts.damping / jnp.maximum(jnp.abs(g), 1e-30))
+    if mask is None:
+        return f, g
+    return jnp.where(mask, f, s_prev), jnp.where(mask, g, jnp.ones((), g.dtype))
+
+
+def _eigenbasis_correction(into, out_of, g, r):
+    """``δ`` of ``δ_t = M_t δ_{t-1} + r_t`` with every ``M_t`` diagonal in one basis:
+    rows ``r (T, batch, D)`` enter it by ``@ into``, the diagonal recurrence ``g`` runs
+    there, and ``@ out_of`` brings them back (the real part: the imaginary one is rounding)."""
+    return jnp.real(linear_recurrence(g, r.astype(into.dtype) @ into) @ out_of)
+
+
+def _correction(opts, params, transposed: bool):
+    """The ``correct`` argument of ``newton.solve`` for this layer's forward pass
+    (``transposed`` False) or adjoint (True)."""
+    if opts.method != "gain":
+        return opts.correction()
+    # Column states: J = diag(a) W^T and W^T = V Λ V^-1; row states enter the eigenbasis
+    # by @ V^-T and leave by @ V^T. The adjoint's J^T = W diag(a) ~ c W = V^-T Λ V^T:
+    # the roles swap.
+    _, v = jnp.linalg.eig(jax.lax.stop_gradient(params["recurrent_kernel"]).T)
+    v_inv_t = jnp.linalg.inv(v).T
+    into, out_of = (v, v_inv_t) if transposed else (v_inv_t, v.T)
+    return functools.partial(_eigenbasis_correction, into, out_of)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -299,7 +345,7 @@ def _solve_layer(cell, opts, params, s0, xw, mask):
         guess = step(jnp.zeros(xw.shape[:1] + s0.shape, s0.dtype), inputs)
     return newton.solve(step, functools.partial(_linearize, cell, params, opts), s0, guess,
                         inputs, tol=opts.tol, scale=1.0, max_iters=opts.max_iters,
-                        correct=opts.correction())
+                        correct=_correction(opts, params, transposed=False))
 
 
 def _states(cell, opts, params, s0, xw, mask):
@@ -358,7 +404,8 @@ def _adjoint(cell, opts, params, xw, mask, states, d_states):
     def linearize(lam_prev, inputs):
         s, x, m, _ = inputs
         jac = _linearize(cell, params, opts, s, (x, m))[1]
-        return step(lam_prev, inputs), transpose(jac, s)
+        # The gain stand-in is diagonal in its basis; _correction transposes the basis.
+        return step(lam_prev, inputs), jac if opts.method == "gain" else transpose(jac, s)
 
     zero = jnp.zeros_like(states[0])
     guess = step(jnp.zeros_like(states), inputs) if opts.init != "zeros" else jnp.zeros_like(states)
@@ -366,22 +413,26 @@ def _adjoint(cell, opts, params, xw, mask, states, d_states):
     lam, iterations, converged = newton.solve(step, linearize, zero, guess, inputs,
                                               tol=opts.tol, scale=scale,
                                               max_iters=opts.max_iters,
-                                              correct=opts.correction())
+                                              correct=_correction(opts, params,
+                                                                  transposed=True))
     return jnp.flip(lam, 0), iterations, converged
 
 
 # ----------------------------------------------------------------------------- strategy
 
 
-def _check_cell(cell):
+def _check_cell(cell, method: str = "auto"):
     if cell.name not in SPLIT_CELLS:
         raise ValueError(f"strategy: parallel has no recurrent split for cell {cell.name!r}; "
                          f"use 'scan'")
+    if method == "gain" and cell.name != "simple":
+        raise ValueError(f"strategy: parallel method 'gain' is for the SimpleRNN cell (its "
+                         f"Jacobian is diag(a) W^T), not {cell.name!r}; use 'quasi' or 'block'")
 
 
 def _run_layer(cell, params, xw, mask, carry, *, unroll=1, opts: Options):
     """One layer over ``xw (T, batch, gates*units)`` by Newton; ``ys (T, batch, units)``."""
-    _check_cell(cell)
+    _check_cell(cell, opts.method)
     # The input kernel is used only by the hoisted projection outside the recurrence.
     step_params = {k: v for k, v in params.items() if k != "kernel"}
     units = carry[0].shape[-1]
@@ -417,7 +468,7 @@ def parallel_solve(cell, params, xs, mask=None, carry=None, **options):
       (h) or ``2*units`` (h then c, LSTM); ``iterations`` the Newton updates done (int32);
       ``converged`` False when the sequential finish completed the trajectory.
     """
-    _check_cell(cell)
+    _check_cell(cell, options.get("method", "auto"))
     units = params["recurrent_kernel"].shape[0]
     if carry is None:
         carry = cell.initial_carry(xs.shape[1:2], units, xs.dtype)
