@@ -42,15 +42,18 @@ def _riccati_variances(j2: jax.Array, rho: float) -> jax.Array:
     which keeps products of expanding steps finite.
     """
     one = jnp.ones_like(j2)
-    m = jnp.stack([jnp.stack([rho * j2, rho * one], -1),
-                   jnp.stack([j2, (1.0 + rho) * one], -1)], -2)   # (T, ..., 2, 2)
+    m = (rho * j2, rho * one, j2, (1.0 + rho) * one)     # the entries a, b, c, d
 
-    def compose(earlier, later):
-        product = later @ earlier
-        return product / jnp.max(product, axis=(-2, -1), keepdims=True)
+    def compose(earlier, later):  # later @ earlier, entrywise (2 x 2 matmuls are slow)
+        a1, b1, c1, d1 = earlier
+        a2, b2, c2, d2 = later
+        product = (a2 * a1 + b2 * c1, a2 * b1 + b2 * d1, c2 * a1 + d2 * c1, c2 * b1 + d2 * d1)
+        norm = jnp.maximum(jnp.maximum(product[0], product[1]),
+                           jnp.maximum(product[2], product[3]))
+        return tuple(e / norm for e in product)
 
-    prefix = jax.lax.associative_scan(compose, m)
-    return prefix[..., 0, 1] / prefix[..., 1, 1]
+    _, b, _, d = jax.lax.associative_scan(compose, m)
+    return b / d
 
 
 def damped_correction(j: jax.Array, r: jax.Array, lam: float) -> jax.Array:

@@ -13,11 +13,31 @@ Methods (``method=``):
 * ``"quasi"``: only the Jacobian's diagonal ``(T, batch, D)``, read off the cell's
   elementwise head (``recurrent_split``) with one JVP per carry part; more iterations,
   each O(T·batch·D) besides the step's own matmul.
+* ``"block"``: per unit the exact ``p x p`` block among the carry's ``p`` parts (an
+  LSTM's ``(h_k, c_k)``: quasi drops ``dh_t/dc_{t-1} = o·act'(c)·f``), the couplings between
+  units left out; for one-part carries the same as ``"quasi"``.
+* ``"gain"`` (SimpleRNN only): its Jacobian is ``diag(a_t) W_h^T`` (``a = act'(z)``);
+  the stand-in ``c_t W_h^T`` with ``c_t`` the mean of ``a_t`` over units keeps the
+  rotation that quasi's diagonal loses, and is diagonal in ``W_h``'s eigenbasis: each
+  correction is two complex ``D x D`` products around an elementwise complex scan
+  (``eig(W_h)`` once per solve). Linear convergence at a rate set by the spread of
+  ``a_t`` around its mean; the iteration count did not grow with T.
+* ``"structured"``: ``"gain"`` for the SimpleRNN, ``"block"`` for the LSTM, ``"quasi"``
+  for the GRU (strategy ``"parallel_structured"``).
 * ``"auto"`` (the ``"parallel"`` default): ``"deer"`` up to ``DEER_MAX_STATE`` state
   components, ``"quasi"`` above. Deer is preferred while its memory is affordable because
   quasi's diagonal says little about a rotation: on a SimpleRNN with Keras' orthogonal
   recurrent kernel quasi needed about T updates (T 256-1024) where deer needed 5-7;
   GRU/LSTM (H 16, T 1024) took 9-11 quasi vs 2 deer updates.
+
+``elk`` (method quasi): ELK's Levenberg-Marquardt correction (``kalman.py``) in place of
+the exact linear solve, a trust region that keeps every update bounded; in the iteration
+study it only added updates (``bench/results/parallel/iterations.md``).
+
+``init="chunks"``: the first guess is the recurrence run exactly within chunks of
+``chunk`` steps (all chunks at once, each from a zero state but the first): ``chunk``
+sequential steps of ``T/chunk`` rows buy a guess already right wherever the state forgets
+its start within a chunk.
 
 ``damping``: the largest gain the linearisation may have, a trust-region-like bound
 on how far one update propagates: each ``J_t`` is scaled down to that gain (quasi: the
@@ -68,7 +88,10 @@ from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
 from stackrnn_jax.strategies.common import layer_by_layer
 from stackrnn_jax.strategies.registry import register
 
-METHODS = ("auto", "deer", "quasi", "block", "gain")
+METHODS = ("auto", "deer", "quasi", "block", "gain", "structured")
+# "structured": the cheapest stand-in that keeps each cell's own coupling (see the module
+# docstring; bench/results/parallel/iterations.md has the counts).
+STRUCTURED = {"simple": "gain", "lstm": "block", "gru": "quasi"}
 INITS = ("input", "zeros", "chunks")
 DEER_MAX_STATE = 64        # "auto": full Jacobians up to this many state components
 POWER_STEPS = 6            # power-iteration steps of deer's spectral-norm estimate
@@ -79,7 +102,8 @@ DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128, "block": 128, "gain": 128}
 class Options:
     """Solver settings (hashable: a static argument of the custom VJP).
 
-    method: ``"auto"``, ``"deer"``, ``"quasi"``, ``"block"`` or ``"gain"`` (SimpleRNN only).
+    method: ``"auto"``, ``"deer"``, ``"quasi"``, ``"block"``, ``"gain"`` (SimpleRNN only)
+      or ``"structured"`` (gain, block or quasi by cell).
     tol: relative residual tolerance; None: 1e-13 for 64-bit, 1e-6 for 32-bit, 1e-2 for
       16-bit floats.
     max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (the
@@ -124,11 +148,14 @@ class Options:
         if not (isinstance(self.chunk, int) and self.chunk >= 1):
             raise ValueError(f"chunk: expected an int >= 1, got {self.chunk!r}")
 
-    def for_layer(self, state_size: int, dtype) -> "Options":
-        """Every default filled in for a layer of ``state_size`` components in ``dtype``."""
+    def for_layer(self, state_size: int, dtype, cell_name: str = "simple") -> "Options":
+        """Every default filled in for a layer of ``state_size`` components in ``dtype``
+        of cell ``cell_name``."""
         method = self.method
         if method == "auto":
             method = "deer" if state_size <= DEER_MAX_STATE else "quasi"
+        elif method == "structured":
+            method = STRUCTURED[cell_name]
         tol = self.tol
         if tol is None:
             tol = {8: 1e-13, 4: 1e-6}.get(jnp.dtype(dtype).itemsize, 1e-2)
@@ -436,7 +463,7 @@ def _run_layer(cell, params, xw, mask, carry, *, unroll=1, opts: Options):
     # The input kernel is used only by the hoisted projection outside the recurrence.
     step_params = {k: v for k, v in params.items() if k != "kernel"}
     units = carry[0].shape[-1]
-    layer_opts = opts.for_layer(cell.carry_size * units, xw.dtype)
+    layer_opts = opts.for_layer(cell.carry_size * units, xw.dtype, cell.name)
     states = _trajectory(cell, layer_opts, step_params, _pack(carry), xw, mask)
     h = states[..., :units]
     ys = h if mask is None else jnp.where(mask, h, jnp.zeros_like(h))
@@ -452,6 +479,8 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1, **options):
 
 register("parallel", run_stack)
 run_stack_quasi = register("parallel_quasi", functools.partial(run_stack, method="quasi"))
+run_stack_structured = register("parallel_structured",
+                                functools.partial(run_stack, method="structured"))
 
 
 def parallel_solve(cell, params, xs, mask=None, carry=None, **options):
@@ -472,7 +501,7 @@ def parallel_solve(cell, params, xs, mask=None, carry=None, **options):
     units = params["recurrent_kernel"].shape[0]
     if carry is None:
         carry = cell.initial_carry(xs.shape[1:2], units, xs.dtype)
-    layer_opts = Options(**options).for_layer(cell.carry_size * units, xs.dtype)
+    layer_opts = Options(**options).for_layer(cell.carry_size * units, xs.dtype, cell.name)
     step_params = {k: v for k, v in params.items() if k != "kernel"}
     with jax.default_matmul_precision("highest"):
         return _solve_layer(cell, layer_opts, step_params, _pack(carry),
