@@ -7,9 +7,9 @@ For every cell, hidden size H and sequence length T of the grid it times, on the
 token ids, batch B): the forward pass and the train step (forward + backward + Adam) of
 ``"scan"`` and of ``"parallel"`` with each solver variant of ``VARIANT_OPTIONS`` that
 applies to the cell (default: deer, quasi, block for the LSTM, gain for the SimpleRNN;
-``elk`` on request); for each parallel variant also the Newton iteration count of every layer's forward solve (from
-``parallel_solve``, on the same inputs) and whether it converged before the iteration
-cap, and its output's max |difference| from scan's.
+``elk`` on request); for each parallel variant also the Newton iteration count of every
+layer's forward solve (from ``parallel_solve``, on the same inputs) and whether it
+converged before the iteration cap, and its output's max |difference| from scan's.
 
 Each configuration is bounded (and the whole run, with ``--deadline-s``): T runs in
 increasing order per (cell, H, variant) and a

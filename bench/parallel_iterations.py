@@ -10,7 +10,9 @@ recurrent kernel — and non-zero biases), batch B, float32, with each solver va
 ``bench.parallel.VARIANTS`` that applies to the cell, from the default first guess and
 from ``init="chunks"``. It records the Newton updates (``parallel_solve``), whether they
 converged before the cap (else the sequential finish ran), and the max |difference| of
-the layer's outputs from the NumPy float64 reference (``reference.py``).
+the layer's outputs from the NumPy float64 reference (``reference.py``); and that of
+``"scan"`` in float32, the floor any float32 solver meets (on chaotic dynamics float32
+rounding alone makes the trajectory depart from the float64 one).
 
 ``--scales``: the recurrent kernel is multiplied by each (1: Keras' orthogonal kernel;
 for the SimpleRNN the spectral radius is the scale, > 1 expanding dynamics).
@@ -90,6 +92,19 @@ def _problem(cell: str, T: int, scale: float, args):
     return layer, jnp.swapaxes(x, 0, 1), ref
 
 
+def _scan_error(cell_name, layer, xs, ref) -> dict:
+    """The float32 sequential solution's error: ``"scan"``, as an entry of 0 updates."""
+    import jax
+    import numpy as np
+
+    from stackrnn_jax import stacked_rnn
+
+    y = jax.jit(lambda x: stacked_rnn([layer], x, cell=cell_name, return_sequences=True,
+                                      strategy="scan"))(jax.numpy.swapaxes(xs, 0, 1))
+    return {"iterations": 0, "converged": True,
+            "max_abs_error": float(np.max(np.abs(np.asarray(y, np.float64) - ref)))}
+
+
 def _solve(cell_name, layer, xs, ref, options) -> dict:
     import jax
     import numpy as np
@@ -118,6 +133,7 @@ def run(args) -> dict:
               "load_average_start": list(os.getloadavg()),
               "config": {"argv": list(sys.argv[1:]), "cells": args.cell_list, "T": args.T_list,
                          "scales": args.scale_list, "variants": args.variant_list,
+                         "variant_options": {v: variant_options(v) for v in args.variant_list},
                          "inits": list(INITS), "H": args.H, "batch": args.batch,
                          "embed": args.embed, "deer_max_T": args.deer_max_T,
                          "elk_max_T": args.elk_max_T,
@@ -130,6 +146,9 @@ def run(args) -> dict:
             for scale in args.scale_list:
                 for t in args.T_list:
                     layer, xs, ref = _problem(cell, t, scale, args)
+                    result["entries"].append({"cell": cell, "scale": scale, "T": t,
+                                              "variant": "scan", "init": "-",
+                                              **_scan_error(cell, layer, xs, ref)})
                     for variant in args.variant_list:
                         limit = {"deer": args.deer_max_T, "elk": args.elk_max_T}.get(variant, t)
                         if not applies(variant, cell) or t > limit:
@@ -172,7 +191,9 @@ def markdown(result) -> str:
              "(`parallel_solve`), `*` = cap reached, the sequential finish ran; in "
              "brackets the max |error| of the outputs against the NumPy float64 reference. "
              "Columns: variant / first guess (`input`: f(0, x_t); `chunks`: exact within "
-             "chunks of 32 steps).", ""]
+             "chunks of 32 steps)" + ("; `scan`: the float32 sequential loop's own error"
+                                     if any(e["variant"] == "scan" for e in result["entries"])
+                                     else "") + ".", ""]
     entries = result["entries"]
     for cell in cfg["cells"]:
         for scale in cfg["scales"]:
@@ -180,7 +201,7 @@ def markdown(result) -> str:
             columns = list(dict.fromkeys((e["variant"], e["init"]) for e in rows))
             if not rows:
                 continue
-            head = ["T"] + [f"{v} / {i}" for v, i in columns]
+            head = ["T"] + ["scan" if v == "scan" else f"{v} / {i}" for v, i in columns]
             lines += [f"#### {cell}, recurrent kernel x {scale:g}", "",
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for t in cfg["T"]:
@@ -194,6 +215,8 @@ def markdown(result) -> str:
 def _cell_text(e) -> str:
     if e is None:
         return ""
+    if e["variant"] == "scan":
+        return f"({e['max_abs_error']:.0e})"
     return (f"{e['iterations']}{'' if e['converged'] else '*'} "
             f"({e['max_abs_error']:.0e})")
 
