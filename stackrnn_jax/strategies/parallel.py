@@ -65,7 +65,8 @@ Gradients: the layer is a ``jax.custom_vjp`` by the implicit-function rule, not 
 differentiating the Newton loop. The adjoint ``λ_t = dL/ds_t + G_{t+1}^T λ_{t+1}``
 (``G`` the masked step's Jacobian at the solution) is itself a recurrence, run backwards
 in time through the same Newton solver (deer: exact transposed Jacobians, one update;
-quasi: diagonal, iterated; the same sequential finish). Then one VJP of the step over all
+quasi, block: transposed stand-ins, iterated; gain: ``c_t W_h``, diagonal in the
+transposed eigenbasis; the same sequential finish). Then one VJP of the step over all
 ``T*batch`` rows gives the input term's, the weights' (``dW_h = H_prev^T dU``, one large
 matmul) and the initial state's gradients. Forward-mode (``jax.jvp``) is not supported.
 
