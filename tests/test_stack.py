@@ -199,7 +199,8 @@ def test_dropout_needs_a_key_and_is_reproducible():
     a = run(params, x, dropout_rng=key)
     assert max_error(a, run(params, x, dropout_rng=key)) == 0
     assert max_error(a, without_key) > 1e-3
-    for strategy in PARITY_STRATEGIES:
+    # SLOW_PARITY share their dropout path (layer_by_layer) with a strategy checked here.
+    for strategy in sorted(set(PARITY_STRATEGIES) - SLOW_PARITY):
         b = run(params, x, dropout_rng=key, strategy=strategy)
         assert max_error(a, b) < 1e-5, strategy
 
