@@ -5,10 +5,11 @@
 For every cell, hidden size H and sequence length T of the grid it times, on the model of
 ``bench/workloads.py`` (``Embedding -> L x RNN(H) -> Dense(1)``, random full-length
 token ids, batch B): the forward pass and the train step (forward + backward + Adam) of
-``"scan"`` and of ``"parallel"`` with ``method="deer"`` and ``method="quasi"``; for each
-parallel variant also the Newton iteration count of every layer's forward solve (from
-``parallel_solve``, on the same inputs) and whether it converged before the iteration
-cap, and its output's max |difference| from scan's.
+``"scan"`` and of ``"parallel"`` with each solver variant of ``VARIANT_OPTIONS`` that
+applies to the cell (default: deer, quasi, block for the LSTM, gain for the SimpleRNN;
+``elk`` on request); for each parallel variant also the Newton iteration count of every
+layer's forward solve (from ``parallel_solve``, on the same inputs) and whether it
+converged before the iteration cap, and its output's max |difference| from scan's.
 
 Each configuration is bounded (and the whole run, with ``--deadline-s``): T runs in
 increasing order per (cell, H, variant) and a
@@ -30,7 +31,14 @@ from pathlib import Path
 
 SCHEMA = "stackrnn-bench-parallel/1"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "parallel"
-VARIANTS = ("scan", "deer", "quasi")
+# The "parallel" strategy's options of each variant; "block" differs from "quasi" only
+# where the carry has two parts (LSTM), "gain" is for the SimpleRNN only.
+VARIANT_OPTIONS = {"deer": {"method": "deer"}, "quasi": {"method": "quasi"},
+                   "elk": {"method": "quasi", "elk": 0.1}, "block": {"method": "block"},
+                   "gain": {"method": "gain"}}
+VARIANT_CELLS = {"block": ("lstm",), "gain": ("simple",)}
+VARIANTS = ("scan", *VARIANT_OPTIONS)
+DEFAULT_VARIANTS = ("scan", "deer", "quasi", "block", "gain")
 # Jacobian-sized arrays alive at once in a deer iteration (the loop's J, the new J, the
 # associative scan's partial products): an estimate for the memory guard.
 JACOBIAN_COPIES = 6
@@ -60,8 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma list of simple,gru,lstm (overrides the grid)")
     p.add_argument("--T-values", default=None, help="comma list of sequence lengths (overrides)")
     p.add_argument("--H-values", default=None, help="comma list of hidden sizes (overrides)")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma list of scan,deer,quasi (default: all three)")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma list of {','.join(VARIANTS)} (default: "
+                        f"{','.join(DEFAULT_VARIANTS)}; each where it applies: block for "
+                        f"the LSTM, gain for the SimpleRNN)")
     p.add_argument("--modes", default="forward,train", help="comma list of forward,train")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
@@ -95,11 +105,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def applies(variant: str, cell: str) -> bool:
+    """Whether ``variant`` is run for ``cell`` (see ``VARIANT_CELLS``)."""
+    return cell in VARIANT_CELLS.get(variant, (cell,))
+
+
+def variant_options(variant: str) -> dict:
+    """The ``"parallel"`` strategy options of a solver variant."""
+    return dict(VARIANT_OPTIONS[variant])
+
+
 def _strategy(variant: str, max_iters):
     """``(strategy name, strategy_options)`` of a variant."""
     if variant == "scan":
         return "scan", None
-    options = {"method": variant}
+    options = variant_options(variant)
     if max_iters is not None:
         options["max_iters"] = max_iters
     return "parallel", options
@@ -251,6 +271,8 @@ def run(args) -> dict:
                     w = Workload(T=t, L=args.layers, H=h, B=args.batch, cell=cell,
                                  E=args.embed)
                     for variant in args.variant_list:
+                        if not applies(variant, cell):
+                            continue
                         if args.deadline_s and time.perf_counter() - start > args.deadline_s:
                             entry = {"variant": variant, "workload": w.as_dict(),
                                      "status": "skipped",

@@ -9,6 +9,7 @@ whose ``schema`` names a benchmark, this writes its table file:
 
 * ``stackrnn-bench/1`` (``bench.run``): ``results[-X].json`` -> ``tables[-X].md``;
 * ``stackrnn-bench-parallel/1`` (``bench.parallel``): ``results[-X].json`` -> ``tables[-X].md``;
+* ``stackrnn-bench-parallel-iterations/1``: ``iterations.json`` -> ``iterations.md``;
 * ``stackrnn-bench-loop-overhead/1``: ``loop_overhead.json`` -> ``loop_overhead.md``;
 * ``stackrnn-bench-grad-memory/1``: ``grad_memory.json`` -> ``grad_memory.md``.
 
@@ -29,10 +30,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _writers() -> dict:
     """schema -> Markdown writer (imported here: each module's own ``markdown``)."""
-    from bench import grad_memory, loop_overhead, parallel, report
+    from bench import grad_memory, loop_overhead, parallel, parallel_iterations, report
 
     return {"stackrnn-bench/1": report.markdown,
             "stackrnn-bench-parallel/1": parallel.markdown,
+            parallel_iterations.SCHEMA: parallel_iterations.markdown,
             "stackrnn-bench-loop-overhead/1": loop_overhead.markdown,
             "stackrnn-bench-grad-memory/1": grad_memory.markdown}
 

@@ -4,6 +4,8 @@
 #   STAGES="parity overhead memory bench parallel" bash scripts/gpu_check.sh   # first call
 #   STAGES="accuracy" bash scripts/gpu_check.sh                                # second call
 #   STAGES="curve" bash scripts/gpu_check.sh        # issue #8's open figures: H 64-256, T to 100k
+#     (with bench.parallel's default variants: deer, quasi, and issue 19's structured stand-ins,
+#     block for the LSTM and gain for the SimpleRNN; iteration counts: bench.parallel_iterations)
 #   STAGES=accuracy EPOCHS= SEEDS="0 1" ACCURACY_S=600 bash scripts/gpu_check.sh  # full preset
 #   STAGES="pallas" bash scripts/gpu_check.sh       # issue 13: Pallas kernels vs cuDNN (<= 8 min)
 # Each stage has its own time cap (*_S variables). Stage results go to $RES; at the end
@@ -102,7 +104,8 @@ if wants pallas; then
   fi
 fi
 if wants accuracy; then
-  for strategy in ${ACC_STRATEGIES:-scan parallel}; do
+  # parallel_structured: issue 19's stand-ins (simple-best: the SimpleRNN's gain method).
+  for strategy in ${ACC_STRATEGIES:-scan parallel parallel_structured}; do
     stage "accuracy $strategy"
     timeout "${ACCURACY_S:-120}" python3 scripts/accuracy_runs.py --data "$DATA" \
       --presets ${PRESETS:-simple-best} --strategy "$strategy" ${EPOCHS:+--epochs $EPOCHS} \

@@ -18,6 +18,13 @@ LENGTHS = np.array([7, 3, 0])  # full, partial and empty sequences
 # configuration, too slow for this product of layouts; tests/test_pallas.py checks it
 # (every cell, masks, directions, initial states, dropout) at small sizes.
 PARITY_STRATEGIES = sorted(set(STRATEGIES) - {"pallas"})
+# Checked here only with ``-m slow``: "parallel_structured" runs solver methods that
+# tests/test_strategies_parallel.py checks in the default run (the SimpleRNN's "gain",
+# the LSTM's "block"; the GRU's is "parallel_quasi"'s), and its eigendecompositions and
+# blocks add ~10 s of compile per configuration.
+SLOW_PARITY = {"parallel_structured"}
+STRATEGY_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_PARITY else s
+                   for s in PARITY_STRATEGIES]
 
 
 def _problem(cell, units, bidirectional=False, dtype=jnp.float64, seed=0, **init_kw):
@@ -53,7 +60,7 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize("name, units, bidirectional, padding", LAYOUTS)
-@pytest.mark.parametrize("strategy", PARITY_STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_float64_matches_reference(cell, strategy, name, units, bidirectional, padding):
     with jax.enable_x64(True):
@@ -70,7 +77,7 @@ def test_float64_matches_reference(cell, strategy, name, units, bidirectional, p
         assert max_error(last, reference_rnn(params, x, **kw)) < 1e-10
 
 
-@pytest.mark.parametrize("strategy", PARITY_STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGY_PARAMS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_float32_matches_reference(cell, strategy):
     params, x = _problem(cell, [6, 5], bidirectional=(cell == "gru"), dtype=jnp.float32)
@@ -138,13 +145,16 @@ def _loss_fn(cell, strategy, x, lengths, padding="post"):
     return loss
 
 
+@pytest.mark.parametrize("strategies", [
+    pytest.param(sorted(set(PARITY_STRATEGIES) - SLOW_PARITY), id="default"),
+    pytest.param(sorted(SLOW_PARITY), id="slow-parity", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("cell", CELLS)
-def test_gradients_of_every_strategy_equal_scan(cell, bidirectional):
+def test_gradients_of_every_strategy_equal_scan(cell, bidirectional, strategies):
     with jax.enable_x64(True):
         params, x = _problem(cell, [5, 4], bidirectional)
         grads = {s: jax.jit(jax.grad(_loss_fn(cell, s, x, LENGTHS, "pre"), argnums=(0, 1)))(
-                     params, x) for s in PARITY_STRATEGIES}
+                     params, x) for s in ["scan", *strategies]}
         for strategy, g in grads.items():
             assert max_error(g, grads["scan"]) < 1e-10, strategy
         # Padded steps get no input gradient.
@@ -189,7 +199,8 @@ def test_dropout_needs_a_key_and_is_reproducible():
     a = run(params, x, dropout_rng=key)
     assert max_error(a, run(params, x, dropout_rng=key)) == 0
     assert max_error(a, without_key) > 1e-3
-    for strategy in PARITY_STRATEGIES:
+    # SLOW_PARITY share their dropout path (layer_by_layer) with a strategy checked here.
+    for strategy in sorted(set(PARITY_STRATEGIES) - SLOW_PARITY):
         b = run(params, x, dropout_rng=key, strategy=strategy)
         assert max_error(a, b) < 1e-5, strategy
 

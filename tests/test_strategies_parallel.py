@@ -2,9 +2,11 @@
 
 ``tests/test_stack.py`` already runs "parallel" and "parallel_quasi" through the parity
 matrix on benign weights. Here: recurrent kernels with spectral radius > 1 (Newton slows
-down there; damped variants too), tiny iteration caps (the sequential finish completes
-forward and backward passes), the reported iteration counts, the linear scan, and the
-options' checks. Tiny shapes, float64 except one float32 case; each case compiles one
+down there; damped variants too), the structured stand-ins (LSTM blocks, the SimpleRNN's
+gain in its kernel's eigenbasis) and ELK's damped correction, tiny iteration caps (the
+sequential finish completes forward and backward passes), the reported iteration counts,
+convergence on Keras' orthogonal recurrent kernel, the linear scans, and the options'
+checks. Tiny shapes, float64 except one float32 case; each case compiles one
 function. The benchmark entry's smoke run is marked slow.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from stackrnn_jax import init_params, make_cell, stacked_rnn
+from stackrnn_jax.ops.kalman import damped_correction
 from stackrnn_jax.ops.linear_scan import linear_recurrence
 from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.strategies.parallel import Options, parallel_solve
@@ -84,6 +87,25 @@ def test_expanding_weights_are_exact_and_gradients_match_scan(cell, padding):
             assert max_error(grads, scan_grads) < 1e-10, options
 
 
+@pytest.mark.parametrize("cell, padding, options", [
+    ("simple", "post", {"method": "gain", "damping": 0.9}),
+    ("lstm", "pre", {"method": "block", "init": "chunks", "chunk": 5}),
+    pytest.param("gru", "post", {"method": "quasi", "elk": 0.5}, marks=pytest.mark.slow),
+])
+def test_structured_variants_are_exact_and_gradients_match_scan(cell, padding, options):
+    """Radius 2.5, padded: the SimpleRNN's gain stand-in (in the kernel's eigenbasis,
+    transposed for the adjoint), LSTM blocks from the chunked first guess, ELK's damped
+    correction; forward against the reference, gradients against scan's."""
+    with jax.enable_x64(True):
+        params, x, state = _problem(cell, [5], radius=2.5)
+        (_, scan_grads), (outputs, grads) = _outputs_and_grads(cell, padding, [None, options])(
+            params, x, state, LENGTHS)
+        ref = reference_rnn(params, x, cell=cell, lengths=LENGTHS, padding=padding,
+                            initial_state=state, return_sequences=True, return_state=True)
+        assert max_error(outputs, ref) < 1e-10
+        assert max_error(grads, scan_grads) < 1e-10
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_iteration_cap_falls_back_to_the_exact_recurrence(cell):
     """Caps of 1 (deer) and 0 (quasi) updates: the sequential finish completes both passes."""
@@ -120,15 +142,29 @@ def test_iterations_are_reported_and_below_the_cap_on_a_benign_problem():
         assert int(capped_k) == 1 and not bool(capped_ok)
 
 
-def test_linear_recurrence_full_and_diagonal_match_a_loop():
+def _blocks_as_full(blocks):
+    """``(..., n, p, p)`` blocks -> the ``(..., p*n, p*n)`` matrix on part-major states."""
+    n, p = blocks.shape[-3], blocks.shape[-1]
+    full = np.zeros(blocks.shape[:-3] + (p * n, p * n))
+    for k in range(n):
+        for i in range(p):
+            for j in range(p):
+                full[..., i * n + k, j * n + k] = blocks[..., k, i, j]
+    return full
+
+
+def test_linear_recurrence_full_blocks_and_diagonal_match_a_loop():
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
-        a = rng.standard_normal((9, 2, 3, 3))
-        b, x0 = rng.standard_normal((9, 2, 3)), rng.standard_normal((2, 3))
-        ours = jax.jit(lambda a, b, x0: [linear_recurrence(a_t, b, x0) for a_t in (a, a[..., 0])])(
-            a, b, x0)
-        for a_t, apply, x in ((a, lambda m, v: np.einsum("bij,bj->bi", m, v), ours[0]),
-                              (a[..., 0], lambda d, v: d * v, ours[1])):
+        a = rng.standard_normal((9, 2, 4, 4))
+        blocks = rng.standard_normal((9, 2, 2, 2, 2))      # n = 2 units, p = 2 parts
+        b, x0 = rng.standard_normal((9, 2, 4)), rng.standard_normal((2, 4))
+        ours = jax.jit(lambda a, blocks, b, x0: [linear_recurrence(a_t, b, x0)
+                                                 for a_t in (a, a[..., 0], blocks)])(
+            a, blocks, b, x0)
+        full = lambda m, v: np.einsum("bij,bj->bi", m, v)  # noqa: E731
+        for a_t, apply, x in ((a, full, ours[0]), (a[..., 0], lambda d, v: d * v, ours[1]),
+                              (_blocks_as_full(blocks), full, ours[2])):
             state, expected = x0, []
             for t in range(9):
                 state = apply(a_t[t], state) + b[t]
@@ -137,8 +173,12 @@ def test_linear_recurrence_full_and_diagonal_match_a_loop():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"method": "newton"}, r"method: expected one of \['auto', 'deer', 'quasi'\]"),
-    ({"init": "random"}, r"init: expected one of \['input', 'zeros'\]"),
+    ({"method": "newton"}, r"method: expected one of \['auto', 'deer', 'quasi', 'block', "
+                           r"'gain', 'structured'\]"),
+    ({"init": "random"}, r"init: expected one of \['input', 'zeros', 'chunks'\]"),
+    ({"elk": 0.0}, r"elk: expected a positive float"),
+    ({"method": "deer", "elk": 1.0}, r"elk: the damped correction needs diagonal Jacobians"),
+    ({"chunk": 0}, r"chunk: expected an int >= 1"),
     ({"tol": 0.0}, r"tol: expected a positive float"),
     ({"max_iters": -1}, r"max_iters: expected an int >= 0"),
     ({"damping": -1.0}, r"damping: expected a positive float"),
@@ -153,6 +193,78 @@ def test_defaults_per_layer():
     assert Options().for_layer(128, jnp.float64) == Options("quasi", 1e-13, 128, None, "input")
     assert Options(method="quasi", damping=2.0).for_layer(4, jnp.bfloat16) == Options(
         "quasi", 1e-2, 128, 2.0, "input")
+    assert [Options(method="structured").for_layer(8, jnp.float32, c).method
+            for c in ("simple", "lstm", "gru")] == ["gain", "block", "quasi"]
+
+
+def test_gain_on_a_gated_cell_is_one_clear_error():
+    params = init_params(jax.random.PRNGKey(0), FEATURES, [4], cell="gru")
+    with pytest.raises(ValueError, match="method 'gain' is for the SimpleRNN cell"):
+        stacked_rnn(params, jnp.ones((1, 3, FEATURES)), cell="gru", strategy="parallel",
+                    strategy_options={"method": "gain"})
+
+
+def test_elk_correction_is_the_damped_least_squares_solution():
+    """``argmin sum |δ_t - j_t δ_{t-1} - r_t|² + λ|δ_t|²`` per component, by dense least
+    squares; as λ -> 0 it approaches the exact (Newton) solve (gains up to ~1.5^30 here
+    amplify λ's effect, hence the loose bound)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        steps = 30
+        j, r = 1.5 * rng.standard_normal((steps, 2, 3)), rng.standard_normal((steps, 2, 3))
+        lams = (1e-9, 0.3, 5.0)
+        ours = jax.jit(lambda j, r: [damped_correction(j, r, lam) for lam in lams])(j, r)
+        for lam, delta in zip(lams, ours):
+            for b in range(2):
+                for d in range(3):
+                    system = np.vstack([np.eye(steps) - np.diag(j[1:, b, d], -1),
+                                        np.sqrt(lam) * np.eye(steps)])
+                    target = np.concatenate([r[:, b, d], np.zeros(steps)])
+                    expected = np.linalg.lstsq(system, target, rcond=None)[0]
+                    assert max_error(delta[:, b, d], expected) < 1e-8 * max(
+                        1.0, np.max(np.abs(expected)))
+        assert max_error(ours[0], linear_recurrence(j, r)) < 1e-3 * np.max(np.abs(ours[0]))
+
+
+def _orthogonal_problem(cell_name, units, steps, seed=0):
+    """Keras' initialisation (orthogonal recurrent kernel) with small non-zero biases and
+    inputs of the bench model's scale; float32 ``(params, xs (T, 2, 8))``."""
+    params = init_params(jax.random.PRNGKey(seed), 8, [units], cell=cell_name)[0]
+    params["bias"] = 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), params["bias"].shape)
+    xs = 0.3 * jax.random.normal(jax.random.PRNGKey(seed + 2), (steps, 2, 8))
+    return params, xs
+
+
+def test_orthogonal_simple_rnn_converges_with_the_gain_stand_in():
+    """Quasi's diagonal says nothing about a rotation: on Keras' orthogonal kernel it is
+    still short of the tolerance after 48 updates (T 192); the gain stand-in converges, and
+    the answer is the reference's to float32 accuracy."""
+    cell = make_cell("simple")
+    params, xs = _orthogonal_problem("simple", 32, 192)
+
+    def solve(xs):
+        return [parallel_solve(cell, params, xs, method=m, max_iters=48)
+                for m in ("quasi", "gain")]
+    (_, _, quasi_ok), (gain, gain_k, gain_ok) = jax.jit(solve)(xs)
+    ref = reference_rnn([params], np.asarray(xs).swapaxes(0, 1), cell="simple",
+                        return_sequences=True)
+    assert not bool(quasi_ok)
+    assert bool(gain_ok) and int(gain_k) < 48
+    assert max_error(np.asarray(gain).swapaxes(0, 1), ref) < 1e-5
+
+
+def test_lstm_blocks_need_fewer_updates_than_the_diagonal():
+    """The (h_k, c_k) blocks keep dh_t/dc_{t-1}, which the diagonal drops."""
+    cell = make_cell("lstm")
+    params, xs = _orthogonal_problem("lstm", 16, 128)
+
+    def solve(xs):
+        return [parallel_solve(cell, params, xs, method=m) for m in ("quasi", "block")]
+    (_, quasi_k, quasi_ok), (block, block_k, block_ok) = jax.jit(solve)(xs)
+    ref = reference_rnn([params], np.asarray(xs).swapaxes(0, 1), cell="lstm",
+                        return_sequences=True)
+    assert bool(quasi_ok) and bool(block_ok) and int(block_k) < int(quasi_k)
+    assert max_error(np.asarray(block[..., :16]).swapaxes(0, 1), ref) < 1e-5
 
 
 def test_saturated_float32_dynamics_end_exactly_in_the_sequential_finish():
@@ -179,8 +291,44 @@ def test_benchmark_entry_runs_quick(tmp_path):
     from bench.parallel import main
 
     result = main(["--quick", "--out", str(tmp_path)])
-    assert [e["status"] for e in result["entries"]] == ["ok", "ok", "ok"]
+    assert [(e["variant"], e["status"]) for e in result["entries"]] == [
+        ("scan", "ok"), ("deer", "ok"), ("quasi", "ok"), ("gain", "ok")]
     for entry in result["entries"][1:]:
         assert entry["newton"]["converged"] == [True]
         assert entry["max_abs_diff_vs_scan"] < 1e-5
     assert "| 4 | 16 |" in (tmp_path / "tables.md").read_text()
+
+
+@pytest.mark.slow
+def test_iteration_study_runs_quick(tmp_path):
+    """``python -m bench.parallel_iterations --quick``: every variant that applies to each
+    cell, both first guesses, converged and within float32 accuracy; tables written."""
+    from bench.parallel_iterations import main
+
+    result = main(["--quick", "--out", str(tmp_path)])
+    runs = {(e["cell"], e["variant"], e["init"]) for e in result["entries"]}
+    assert ("simple", "gain", "chunks") in runs and ("lstm", "block", "input") in runs
+    assert ("lstm", "gain", "input") not in runs and ("simple", "block", "input") not in runs
+    for entry in result["entries"]:
+        assert entry["converged"] and entry["max_abs_error"] < 1e-5, entry
+    assert "| 32 |" in (tmp_path / "iterations.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS)
+def test_structured_strategy_matches_scan_on_orthogonal_kernels_float32(cell):
+    """``"parallel_structured"`` on Keras' initialisation at T 512: forward and gradients
+    within float32 tolerance of scan's."""
+    params, xs = _orthogonal_problem(cell, 16, 512)
+    x = xs.swapaxes(0, 1)
+
+    def loss(params, strategy):
+        y = stacked_rnn([params], x, cell=cell, return_sequences=True, strategy=strategy)
+        return jnp.sum(jnp.sin(y)), y
+
+    run = jax.jit(lambda p: [jax.grad(loss, has_aux=True)(p, s)
+                             for s in ("scan", "parallel_structured")])
+    (scan_grads, scan_y), (grads, y) = run(params)
+    assert max_error(y, scan_y) < 1e-4
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(scan_grads))
+    assert max_error(grads, scan_grads) < 1e-4 * scale

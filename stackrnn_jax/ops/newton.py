@@ -37,10 +37,11 @@ from stackrnn_jax.ops.linear_scan import linear_recurrence
 
 Step = Callable[[jax.Array, object], jax.Array]
 Linearize = Callable[[jax.Array, object], tuple[jax.Array, jax.Array]]
+Correct = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def solve(step: Step, linearize: Linearize, x0, guess, inputs, *, tol: float, scale,
-          max_iters: int):
+          max_iters: int, correct: Correct = linear_recurrence):
     """Solve ``x_t = step(x_{t-1}, inputs_t)`` by Newton iterations plus a sequential finish.
 
     Args:
@@ -55,6 +56,10 @@ def solve(step: Step, linearize: Linearize, x0, guess, inputs, *, tol: float, sc
       inputs: a pytree of arrays with leading axis T (None leaves allowed).
       tol, scale: the convergence test above; ``scale`` a scalar (array or float).
       max_iters: at most this many Newton updates.
+      correct: ``(J, r) -> δ``, the correction from the Jacobians and residuals
+        ``r = F - x``; by default the exact solve of ``δ_t = J_t δ_{t-1} + r_t``, or a
+        damped one (``kalman.damped_correction``: a fixed point is still the solution,
+        but an update no longer makes the first unconverged step exact).
     Returns:
       ``(x (T, batch, D), iterations int32, converged bool)``; ``converged`` is False when
       the sequential finish had to complete the trajectory.
@@ -76,7 +81,7 @@ def solve(step: Step, linearize: Linearize, x0, guess, inputs, *, tol: float, sc
     def newton(state):
         x, f, j, _, k = state
         with jax.default_matmul_precision("default"):
-            x = x + linear_recurrence(j, f - x)
+            x = x + correct(j, f - x)
         return (x, *evaluate(x), k + 1)
 
     x, _, _, ok, iterations = jax.lax.while_loop(

@@ -130,7 +130,8 @@ RULES: tuple[Rule, ...] = (
              f"Jacobians ~103 GB). "
              f"Only T 16384 was measured for these cells; T up to 65536 because the "
              f"SimpleRNN curve's gain kept rising to there and the iteration count did not "
-             f"grow with T (CPU, T 1k-16k) [{_GPU}]"),
+             f"grow with T (CPU, T 1k-16k); bench/results/gpu/parallel-target/"
+             f"tables-gru-lstm.md [{_GPU}]"),
     Rule("parallel", backends=("gpu",), cells=("simple",), layers=(1, 1),
          time=(1024, 65536), batch=(1, 16), units=(1, 8),
          why=f"long sequence, one narrow SimpleRNN layer: DEER (full Jacobians, 5 Newton "
@@ -138,7 +139,8 @@ RULES: tuple[Rule, ...] = (
              f"to 13.4 vs 638.2 ms (47.8x) at T 65536, train step 1.7 vs 14.8 ms (8.9x) to "
              f"19.7 vs 966.0 ms (49.0x). Not at H 64: DEER won only 1.17-1.50x there (T 1024, "
              f"16384), below the 2.4x unroll 16 gave scan (T 2000), and its Jacobians take "
-             f"6*T*B*H^2 floats (26 GB at T 16384) [{_GPU}]"),
+             f"6*T*B*H^2 floats (26 GB at T 16384); bench/results/gpu/parallel-curve/"
+             f"tables.md, parallel-target/tables.md [{_GPU}]"),
     Rule("wavefront", backends=("gpu",), cells=("simple",), layers=(4, UNBOUNDED),
          equal_widths=True, time=(100, 2000), batch=(1, 32), units=(1, 64),
          why=f"deep stack of one width: T+L-1 loop iterations instead of L*T; train step "

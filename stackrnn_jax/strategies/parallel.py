@@ -13,11 +13,31 @@ Methods (``method=``):
 * ``"quasi"``: only the Jacobian's diagonal ``(T, batch, D)``, read off the cell's
   elementwise head (``recurrent_split``) with one JVP per carry part; more iterations,
   each O(T·batch·D) besides the step's own matmul.
+* ``"block"``: per unit the exact ``p x p`` block among the carry's ``p`` parts (an
+  LSTM's ``(h_k, c_k)``: quasi drops ``dh_t/dc_{t-1} = o·act'(c)·f``), the couplings between
+  units left out; for one-part carries the same as ``"quasi"``.
+* ``"gain"`` (SimpleRNN only): its Jacobian is ``diag(a_t) W_h^T`` (``a = act'(z)``);
+  the stand-in ``c_t W_h^T`` with ``c_t`` the mean of ``a_t`` over units keeps the
+  rotation that quasi's diagonal loses, and is diagonal in ``W_h``'s eigenbasis: each
+  correction is two complex ``D x D`` products around an elementwise complex scan
+  (``eig(W_h)`` once per solve). Linear convergence at a rate set by the spread of
+  ``a_t`` around its mean; the iteration count did not grow with T.
+* ``"structured"``: ``"gain"`` for the SimpleRNN, ``"block"`` for the LSTM, ``"quasi"``
+  for the GRU (strategy ``"parallel_structured"``).
 * ``"auto"`` (the ``"parallel"`` default): ``"deer"`` up to ``DEER_MAX_STATE`` state
   components, ``"quasi"`` above. Deer is preferred while its memory is affordable because
   quasi's diagonal says little about a rotation: on a SimpleRNN with Keras' orthogonal
   recurrent kernel quasi needed about T updates (T 256-1024) where deer needed 5-7;
   GRU/LSTM (H 16, T 1024) took 9-11 quasi vs 2 deer updates.
+
+``elk`` (method quasi): ELK's Levenberg-Marquardt correction (``kalman.py``) in place of
+the exact linear solve, a trust region that keeps every update bounded; in the iteration
+study it only added updates (``bench/results/parallel/iterations.md``).
+
+``init="chunks"``: the first guess is the recurrence run exactly within chunks of
+``chunk`` steps (all chunks at once, each from a zero state but the first): ``chunk``
+sequential steps of ``T/chunk`` rows buy a guess already right wherever the state forgets
+its start within a chunk.
 
 ``damping``: the largest gain the linearisation may have, a trust-region-like bound
 on how far one update propagates: each ``J_t`` is scaled down to that gain (quasi: the
@@ -45,7 +65,8 @@ Gradients: the layer is a ``jax.custom_vjp`` by the implicit-function rule, not 
 differentiating the Newton loop. The adjoint ``λ_t = dL/ds_t + G_{t+1}^T λ_{t+1}``
 (``G`` the masked step's Jacobian at the solution) is itself a recurrence, run backwards
 in time through the same Newton solver (deer: exact transposed Jacobians, one update;
-quasi: diagonal, iterated; the same sequential finish). Then one VJP of the step over all
+quasi, block: transposed stand-ins, iterated; gain: ``c_t W_h``, diagonal in the
+transposed eigenbasis; the same sequential finish). Then one VJP of the step over all
 ``T*batch`` rows gives the input term's, the weights' (``dW_h = H_prev^T dU``, one large
 matmul) and the initial state's gradients. Forward-mode (``jax.jvp``) is not supported.
 
@@ -62,29 +83,41 @@ import jax
 import jax.numpy as jnp
 
 from stackrnn_jax.ops import newton
-from stackrnn_jax.ops.linear_scan import is_full
+from stackrnn_jax.ops.kalman import damped_correction
+from stackrnn_jax.ops.linear_scan import linear_recurrence, transpose
 from stackrnn_jax.ops.recurrent_split import SPLIT_CELLS, head, recurrent_matmul
 from stackrnn_jax.strategies.common import layer_by_layer
 from stackrnn_jax.strategies.registry import register
 
-METHODS = ("auto", "deer", "quasi")
-INITS = ("input", "zeros")
+METHODS = ("auto", "deer", "quasi", "block", "gain", "structured")
+# "structured": the cheapest stand-in that keeps each cell's own coupling (see the module
+# docstring; bench/results/parallel/iterations.md has the counts).
+STRUCTURED = {"simple": "gain", "lstm": "block", "gru": "quasi"}
+INITS = ("input", "zeros", "chunks")
 DEER_MAX_STATE = 64        # "auto": full Jacobians up to this many state components
 POWER_STEPS = 6            # power-iteration steps of deer's spectral-norm estimate
-DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128}
+DEFAULT_MAX_ITERS = {"deer": 32, "quasi": 128, "block": 128, "gain": 128}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Solver settings (hashable: a static argument of the custom VJP).
 
-    method: ``"auto"``, ``"deer"`` or ``"quasi"``.
+    method: ``"auto"``, ``"deer"``, ``"quasi"``, ``"block"``, ``"gain"`` (SimpleRNN only)
+      or ``"structured"`` (gain, block or quasi by cell).
     tol: relative residual tolerance; None: 1e-13 for 64-bit, 1e-6 for 32-bit, 1e-2 for
       16-bit floats.
-    max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (quasi).
+    max_iters: Newton updates before the sequential finish; None: 32 (deer), 128 (the
+      others).
     damping: largest gain of the linearisation, a positive float, or None (undamped).
     init: first guess: ``"input"`` (every step from a zero state, ``f(0, xw_t)``, in
-      parallel) or ``"zeros"``.
+      parallel), ``"zeros"``, or ``"chunks"`` (the recurrence run exactly within chunks
+      of ``chunk`` steps, each from a zero state, all chunks at once: ``chunk``
+      sequential steps).
+    elk: the Levenberg-Marquardt weight ``λ`` of ELK's damped correction
+      (``kalman.py``), a positive float, or None (the plain Newton correction). Needs
+      diagonal Jacobians: method ``"quasi"``.
+    chunk: steps per chunk of ``init="chunks"``.
     """
 
     method: str = "auto"
@@ -92,6 +125,8 @@ class Options:
     max_iters: int | None = None
     damping: float | None = None
     init: str = "input"
+    elk: float | None = None
+    chunk: int = 32
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -106,17 +141,33 @@ class Options:
         if self.damping is not None and not (
                 isinstance(self.damping, (int, float)) and self.damping > 0):
             raise ValueError(f"damping: expected a positive float or None, got {self.damping!r}")
+        if self.elk is not None and not (isinstance(self.elk, (int, float)) and self.elk > 0):
+            raise ValueError(f"elk: expected a positive float or None, got {self.elk!r}")
+        if self.elk is not None and self.method != "quasi":
+            raise ValueError(f"elk: the damped correction needs diagonal Jacobians; use "
+                             f"method='quasi', not {self.method!r}")
+        if not (isinstance(self.chunk, int) and self.chunk >= 1):
+            raise ValueError(f"chunk: expected an int >= 1, got {self.chunk!r}")
 
-    def for_layer(self, state_size: int, dtype) -> "Options":
-        """Every default filled in for a layer of ``state_size`` components in ``dtype``."""
+    def for_layer(self, state_size: int, dtype, cell_name: str = "simple") -> "Options":
+        """Every default filled in for a layer of ``state_size`` components in ``dtype``
+        of cell ``cell_name``."""
         method = self.method
         if method == "auto":
             method = "deer" if state_size <= DEER_MAX_STATE else "quasi"
+        elif method == "structured":
+            method = STRUCTURED[cell_name]
         tol = self.tol
         if tol is None:
             tol = {8: 1e-13, 4: 1e-6}.get(jnp.dtype(dtype).itemsize, 1e-2)
         max_iters = DEFAULT_MAX_ITERS[method] if self.max_iters is None else self.max_iters
-        return Options(method, float(tol), max_iters, self.damping, self.init)
+        return dataclasses.replace(self, method=method, tol=float(tol), max_iters=max_iters)
+
+    def correction(self):
+        """The ``correct`` argument of ``newton.solve``: exact, or ELK's damped solve."""
+        if self.elk is None:
+            return linear_recurrence
+        return functools.partial(damped_correction, lam=float(self.elk))
 
 
 # ----------------------------------------------------------------------------- the step
@@ -178,10 +229,50 @@ def _diagonal_jacobian(cell, params, s_prev, xw):
     return _pack(parts[0][0]), _pack([d for _, d in parts])
 
 
-def _damped(jac, damping, full):
-    """Scale each Jacobian to gain ``<= damping`` (diagonal: clip; full: spectral estimate)."""
+def _block_jacobian(cell, params, s_prev, xw):
+    """``(F, J)`` with ``J (..., units, p, p)``: per unit ``k`` the exact derivatives among
+    the ``p`` carry parts' unit ``k`` (an LSTM's ``(h_k, c_k)``), through the diagonal of
+    ``W_h`` as in ``_diagonal_jacobian``; the couplings between units are left out.
+
+    A one-part carry has ``1 x 1`` blocks: the diagonal is returned instead.
+    """
+    if cell.carry_size == 1:
+        return _diagonal_jacobian(cell, params, s_prev, xw)
+    carry = _unpack(s_prev, cell.carry_size)
+    u = recurrent_matmul(cell, params, carry, xw)
+    w = params["recurrent_kernel"]
+    units = w.shape[0]
+    w_diag = jnp.diagonal(w.reshape(units, -1, units), axis1=0, axis2=2).reshape(-1)
+
+    def column(i):  # d (every part) / d (part i), per unit: (..., units, p)
+        tangent_carry = tuple(jnp.full_like(c, 1.0 if j == i else 0.0)
+                              for j, c in enumerate(carry))
+        tangent_u = jnp.broadcast_to(w_diag if i == 0 else jnp.zeros_like(w_diag), u.shape)
+        out, d_out = jax.jvp(lambda c, v: head(cell, c, xw, v), (carry, u),
+                             (tangent_carry, tangent_u))
+        return out, jnp.stack(d_out, axis=-1)
+
+    columns = [column(i) for i in range(cell.carry_size)]
+    return _pack(columns[0][0]), jnp.stack([d for _, d in columns], axis=-1)
+
+
+def _gain_jacobian(cell, params, s_prev, xw):
+    """``(F, c)``: ``c (..., 1)`` the mean over units of ``act'(z)``, the scalar gain of the
+    stand-in ``c W_h^T`` for a SimpleRNN's Jacobian ``diag(act'(z)) W_h^T``."""
+    carry = _unpack(s_prev, cell.carry_size)
+    u = recurrent_matmul(cell, params, carry, xw)
+    out, d_out = jax.jvp(lambda v: head(cell, carry, xw, v), (u,), (jnp.ones_like(u),))
+    return _pack(out), jnp.mean(d_out[0], axis=-1, keepdims=True)
+
+
+def _damped(jac, damping, full, blocks):
+    """Scale each Jacobian to gain ``<= damping`` (diagonal: clip; blocks: by their
+    Frobenius norm, a bound on the gain; full: spectral estimate)."""
     if damping is None:
         return jac
+    if blocks:
+        gain = jnp.sqrt(jnp.sum(jac * jac, axis=(-2, -1), keepdims=True))
+        return jac * jnp.minimum(1.0, damping / jnp.maximum(gain, 1e-30))
     if not full:
         return jnp.clip(jac, -damping, damping)
     v = jnp.ones(jac.shape[:-1], jac.dtype)
@@ -195,16 +286,79 @@ def _damped(jac, damping, full):
 def _linearize(cell, params, opts, s_prev, inputs):
     """``(F, J)`` of the masked step (``J = I`` at masked steps), damped; see ``newton``."""
     xw, mask = inputs
-    full = opts.method == "deer"
-    f, jac = (_full_jacobian if full else _diagonal_jacobian)(cell, params, s_prev, xw)
-    jac = _damped(jac, opts.damping, full)
+    if opts.method == "gain":
+        return _linearize_gain(cell, params, opts, s_prev, inputs)
+    jacobian = {"deer": _full_jacobian, "quasi": _diagonal_jacobian,
+                "block": _block_jacobian}[opts.method]
+    f, jac = jacobian(cell, params, s_prev, xw)
+    extra = jac.ndim - f.ndim     # 0 diagonal, 1 full, 2 blocks
+    jac = _damped(jac, opts.damping, extra == 1, extra == 2)
     if mask is None:
         return f, jac
-    identity = jnp.eye(f.shape[-1], dtype=f.dtype) if full else jnp.ones((), f.dtype)
-    return jnp.where(mask, f, s_prev), jnp.where(mask[..., None] if full else mask, jac, identity)
+    identity = (jnp.ones((), f.dtype) if extra == 0 else
+                jnp.eye(jac.shape[-1], dtype=f.dtype))
+    return jnp.where(mask, f, s_prev), jnp.where(mask[(...,) + (None,) * extra], jac, identity)
+
+
+def _linearize_gain(cell, params, opts, s_prev, inputs):
+    """``(F, g)`` with ``g (..., D)`` complex: the stand-in ``c_t W_h^T`` in ``W_h``'s
+    eigenbasis, ``c_t λ_k`` (``I`` at masked steps: 1); ``|g|`` clipped to ``damping``."""
+    xw, mask = inputs
+    f, c = _gain_jacobian(cell, params, s_prev, xw)
+    eigenvalues = jnp.linalg.eigvals(jax.lax.stop_gradient(params["recurrent_kernel"]))
+    g = c * eigenvalues
+    if opts.damping is not None:
+        g = g * jnp.minimum(1.0, opts.damping / jnp.maximum(jnp.abs(g), 1e-30))
+    if mask is None:
+        return f, g
+    return jnp.where(mask, f, s_prev), jnp.where(mask, g, jnp.ones((), g.dtype))
+
+
+def _eigenbasis_correction(into, out_of, g, r):
+    """``δ`` of ``δ_t = M_t δ_{t-1} + r_t`` with every ``M_t`` diagonal in one basis:
+    rows ``r (T, batch, D)`` enter it by ``@ into``, the diagonal recurrence ``g`` runs
+    there, and ``@ out_of`` brings them back (the real part: the imaginary one is rounding)."""
+    return jnp.real(linear_recurrence(g, r.astype(into.dtype) @ into) @ out_of)
+
+
+def _correction(opts, params, transposed: bool):
+    """The ``correct`` argument of ``newton.solve`` for this layer's forward pass
+    (``transposed`` False) or adjoint (True)."""
+    if opts.method != "gain":
+        return opts.correction()
+    # Column states: J = diag(a) W^T and W^T = V Λ V^-1; row states enter the eigenbasis
+    # by @ V^-T and leave by @ V^T. The adjoint's J^T = W diag(a) ~ c W = V^-T Λ V^T:
+    # the roles swap.
+    _, v = jnp.linalg.eig(jax.lax.stop_gradient(params["recurrent_kernel"]).T)
+    v_inv_t = jnp.linalg.inv(v).T
+    into, out_of = (v, v_inv_t) if transposed else (v_inv_t, v.T)
+    return functools.partial(_eigenbasis_correction, into, out_of)
 
 
 # ----------------------------------------------------------------------------- forward
+
+
+def _chunked_guess(step, s0, inputs, chunk: int):
+    """The recurrence run exactly within chunks of ``chunk`` steps, the first from ``s0``,
+    the others from a zero state, all chunks side by side: ``chunk`` sequential steps
+    -> ``(T, batch, D)``."""
+    steps = inputs[0].shape[0]
+    chunks = -(-steps // chunk)
+
+    def by_chunk(a):  # (T, ...) -> (chunk, chunks, ...), zero-padded at the end
+        if a is None:
+            return None
+        a = jnp.pad(a, [(0, chunks * chunk - steps)] + [(0, 0)] * (a.ndim - 1))
+        return jnp.swapaxes(a.reshape(chunks, chunk, *a.shape[1:]), 0, 1)
+
+    start = jnp.zeros((chunks,) + s0.shape, s0.dtype).at[0].set(s0)
+
+    def one(s, inputs_k):
+        s = step(s, inputs_k)
+        return s, s
+
+    _, states = jax.lax.scan(one, start, jax.tree.map(by_chunk, inputs))
+    return jnp.swapaxes(states, 0, 1).reshape(chunks * chunk, *s0.shape)[:steps]
 
 
 def _solve_layer(cell, opts, params, s0, xw, mask):
@@ -213,10 +367,13 @@ def _solve_layer(cell, opts, params, s0, xw, mask):
     step = functools.partial(_step, cell, params)
     if opts.init == "zeros":
         guess = jnp.zeros(xw.shape[:1] + s0.shape, s0.dtype)
+    elif opts.init == "chunks":
+        guess = _chunked_guess(step, s0, inputs, opts.chunk)
     else:
         guess = step(jnp.zeros(xw.shape[:1] + s0.shape, s0.dtype), inputs)
     return newton.solve(step, functools.partial(_linearize, cell, params, opts), s0, guess,
-                        inputs, tol=opts.tol, scale=1.0, max_iters=opts.max_iters)
+                        inputs, tol=opts.tol, scale=1.0, max_iters=opts.max_iters,
+                        correct=_correction(opts, params, transposed=False))
 
 
 def _states(cell, opts, params, s0, xw, mask):
@@ -275,33 +432,39 @@ def _adjoint(cell, opts, params, xw, mask, states, d_states):
     def linearize(lam_prev, inputs):
         s, x, m, _ = inputs
         jac = _linearize(cell, params, opts, s, (x, m))[1]
-        return step(lam_prev, inputs), jnp.swapaxes(jac, -1, -2) if is_full(jac, s) else jac
+        # The gain stand-in is diagonal in its basis; _correction transposes the basis.
+        return step(lam_prev, inputs), jac if opts.method == "gain" else transpose(jac, s)
 
     zero = jnp.zeros_like(states[0])
-    guess = step(jnp.zeros_like(states), inputs) if opts.init == "input" else jnp.zeros_like(states)
+    guess = step(jnp.zeros_like(states), inputs) if opts.init != "zeros" else jnp.zeros_like(states)
     scale = jnp.max(jnp.abs(d_states))
     lam, iterations, converged = newton.solve(step, linearize, zero, guess, inputs,
                                               tol=opts.tol, scale=scale,
-                                              max_iters=opts.max_iters)
+                                              max_iters=opts.max_iters,
+                                              correct=_correction(opts, params,
+                                                                  transposed=True))
     return jnp.flip(lam, 0), iterations, converged
 
 
 # ----------------------------------------------------------------------------- strategy
 
 
-def _check_cell(cell):
+def _check_cell(cell, method: str = "auto"):
     if cell.name not in SPLIT_CELLS:
         raise ValueError(f"strategy: parallel has no recurrent split for cell {cell.name!r}; "
                          f"use 'scan'")
+    if method == "gain" and cell.name != "simple":
+        raise ValueError(f"strategy: parallel method 'gain' is for the SimpleRNN cell (its "
+                         f"Jacobian is diag(a) W^T), not {cell.name!r}; use 'quasi' or 'block'")
 
 
 def _run_layer(cell, params, xw, mask, carry, *, unroll=1, opts: Options):
     """One layer over ``xw (T, batch, gates*units)`` by Newton; ``ys (T, batch, units)``."""
-    _check_cell(cell)
+    _check_cell(cell, opts.method)
     # The input kernel is used only by the hoisted projection outside the recurrence.
     step_params = {k: v for k, v in params.items() if k != "kernel"}
     units = carry[0].shape[-1]
-    layer_opts = opts.for_layer(cell.carry_size * units, xw.dtype)
+    layer_opts = opts.for_layer(cell.carry_size * units, xw.dtype, cell.name)
     states = _trajectory(cell, layer_opts, step_params, _pack(carry), xw, mask)
     h = states[..., :units]
     ys = h if mask is None else jnp.where(mask, h, jnp.zeros_like(h))
@@ -317,6 +480,8 @@ def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1, **options):
 
 register("parallel", run_stack)
 run_stack_quasi = register("parallel_quasi", functools.partial(run_stack, method="quasi"))
+run_stack_structured = register("parallel_structured",
+                                functools.partial(run_stack, method="structured"))
 
 
 def parallel_solve(cell, params, xs, mask=None, carry=None, **options):
@@ -327,17 +492,17 @@ def parallel_solve(cell, params, xs, mask=None, carry=None, **options):
       xs: ``(time, batch, features)`` time-major input of the layer.
       mask: ``(time, batch)`` bool, True at real steps, or None.
       carry: the initial carry (tuple of ``(batch, units)``) or None for zeros.
-      options: ``Options`` fields (method, tol, max_iters, damping, init).
+      options: ``Options`` fields (method, tol, max_iters, damping, init, elk, chunk).
     Returns:
       ``(states, iterations, converged)``: ``states (time, batch, D)`` with ``D = units``
       (h) or ``2*units`` (h then c, LSTM); ``iterations`` the Newton updates done (int32);
       ``converged`` False when the sequential finish completed the trajectory.
     """
-    _check_cell(cell)
+    _check_cell(cell, options.get("method", "auto"))
     units = params["recurrent_kernel"].shape[0]
     if carry is None:
         carry = cell.initial_carry(xs.shape[1:2], units, xs.dtype)
-    layer_opts = Options(**options).for_layer(cell.carry_size * units, xs.dtype)
+    layer_opts = Options(**options).for_layer(cell.carry_size * units, xs.dtype, cell.name)
     step_params = {k: v for k, v in params.items() if k != "kernel"}
     with jax.default_matmul_precision("highest"):
         return _solve_layer(cell, layer_opts, step_params, _pack(carry),
