@@ -80,10 +80,11 @@ def run_preset(name: str, data, runs: Path, overrides: dict, seed: int | None = 
 
 
 def markdown(results: list[dict], info: dict) -> str:
-    lines = ["| preset | seed | test accuracy | best epoch / epochs | train wall time | s/epoch "
-             "| outside jit |", "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | seed | test accuracy | best val accuracy | best epoch / epochs "
+             "| train wall time | s/epoch | outside jit |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['preset']} | {r['seed']} | {r['test_accuracy']:.4f} | "
+                     f"{r['best_val_accuracy']:.4f} | "
                      f"{r['best_epoch']} / {r['epochs']} | "
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")

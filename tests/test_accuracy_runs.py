@@ -15,6 +15,7 @@ def test_every_variant_resolves_for_the_masked_presets(preset):
 
 def test_seed_table_is_mean_and_std_over_seeds():
     results = [{"preset": "p", "seed": seed, "test_accuracy": accuracy, "best_epoch": 1,
+                "best_val_accuracy": accuracy + 0.01,
                 "epochs": 2, "train_wall_s": 60.0, "seconds_per_epoch": epoch_s,
                 "outside_share": 0.01}
                for seed, accuracy, epoch_s in [(0, 0.90, 30.0), (1, 0.91, 34.0), (2, 0.89, 32.0)]]
