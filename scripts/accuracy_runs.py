@@ -16,6 +16,7 @@ ablation of the levers (length buckets, pooling, bidirectional layers, longer in
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -145,7 +146,14 @@ def main(argv=None) -> None:
                         help="run each preset once per seed (default: the preset's own seed)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="run each preset once per named config change (an ablation)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite --out's summary.md from its summary.json")
     args = parser.parse_args(argv)
+    if args.render:
+        summary = json.loads((args.out / "summary.json").read_text())
+        run_dir.write_text(args.out / "summary.md", markdown(summary["results"],
+                                                             summary["machine"]))
+        return
     overrides = {"epochs": args.epochs, "strategy": args.strategy}
     info, results = machine(args.note), []
     for name in args.presets:

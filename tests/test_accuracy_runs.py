@@ -1,5 +1,7 @@
 """scripts/accuracy_runs.py: every ablation variant is a valid config, and the seed table."""
 
+import json
+
 import pytest
 
 from scripts import accuracy_runs
@@ -29,3 +31,13 @@ def test_seed_table_is_mean_and_std_over_seeds():
                      "train time": "1.0 min", "s/epoch": "32",
                      "test accuracy": "0.9000 ± 0.0100"}
     assert accuracy_runs.readme_cells(results[3:])["test accuracy"] == "0.9000"
+
+
+def test_render_rewrites_the_markdown_from_the_json(tmp_path):
+    result = {"preset": "p", "seed": 0, "test_accuracy": 0.8, "best_val_accuracy": 0.81,
+              "best_epoch": 1, "epochs": 1, "train_wall_s": 60.0, "seconds_per_epoch": 50.0,
+              "outside_share": 0.0}
+    info = {"cpu": "c", "cores": 2, "platform": "p", "jax": "j", "device": "d"}
+    (tmp_path / "summary.json").write_text(json.dumps({"machine": info, "results": [result]}))
+    accuracy_runs.main(["--out", str(tmp_path), "--render"])
+    assert (tmp_path / "summary.md").read_text() == accuracy_runs.markdown([result], info)
