@@ -65,20 +65,14 @@ inline T act_grad(T y) {
   return y > T(0) ? T(1) : T(0);
 }
 
-// For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
-// add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
-// null, or out itself: out += v w). Columns in tiles of a compile-time width held in
-// registers across the k loop, R rows at a time so that each loaded tile of w serves R
-// rows; the tail columns one by one. Not inlined (see simple_rnn.cc: inlined, the tile
-// left the registers). add and out are not __restrict: they may be one array, and out is
-// written only after the k loop.
-template <typename T, int R>
-__attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
-                                          const T* __restrict w, int64_t lw, const T* add,
-                                          int64_t la, T* out, int64_t lo, int64_t depth,
-                                          int64_t n) {
-  constexpr int64_t kTile = 128 / sizeof(T);  // two 64-byte vectors
-  int64_t j0 = 0;
+// For rows r < R, columns [j0, n) in tiles of kTile: out[r, j] = add[r, j] + sum_{k <
+// depth} v[r, k] w[k, j]; returns the first column not done (fewer than kTile left).
+// Each tile's R x kTile sums stay in registers across the k loop, so that each loaded
+// tile of w serves R rows and each broadcast v[r, k] serves kTile columns.
+template <typename T, int R, int64_t kTile>
+__attribute__((always_inline)) inline int64_t row_tiles(
+    const T* __restrict v, int64_t lv, const T* __restrict w, int64_t lw, const T* add,
+    int64_t la, T* out, int64_t lo, int64_t depth, int64_t j0, int64_t n) {
   for (; j0 + kTile <= n; j0 += kTile) {
     T acc[R][kTile];
     for (int r = 0; r < R; ++r)
@@ -93,6 +87,25 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
     for (int r = 0; r < R; ++r)
       for (int64_t j = 0; j < kTile; ++j) out[r * lo + j0 + j] = acc[r][j];
   }
+  return j0;
+}
+
+// For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
+// add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
+// null, or out itself: out += v w). Columns in tiles of four 64-byte vectors (16 sums
+// in registers: the FMA units' latency is covered and a tile's loads are a quarter of its
+// FMAs; two vectors, 8 sums, measured ~1.3x slower), then of one vector, then one by
+// one. Not inlined (see simple_rnn.cc: inlined, the tile left the registers). add and
+// out are not __restrict: they may be one array, and out is written only after the k
+// loop.
+template <typename T, int R>
+__attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
+                                          const T* __restrict w, int64_t lw, const T* add,
+                                          int64_t la, T* out, int64_t lo, int64_t depth,
+                                          int64_t n) {
+  constexpr int64_t kVector = 64 / sizeof(T);
+  int64_t j0 = row_tiles<T, R, 4 * kVector>(v, lv, w, lw, add, la, out, lo, depth, 0, n);
+  j0 = row_tiles<T, R, kVector>(v, lv, w, lw, add, la, out, lo, depth, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
       T acc = add ? add[r * la + j0] : T(0);
@@ -102,17 +115,25 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
   }
 }
 
-// rows_times over `rows` rows: four at a time, then one.
+// rows_times over `rows` rows: four at a time, then one; in panels of columns, each
+// panel over all the rows before the next, so that the panel's block of w (depth x 64
+// bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
+// not fit in it: row-major, rows_times re-read W from L2 for every four rows).
 template <typename T>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
                  int64_t la, T* out, int64_t lo, int64_t depth, int64_t n) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4)
-    rows_times<T, 4>(v + r * lv, lv, w, lw, add ? add + r * la : nullptr, la, out + r * lo, lo,
-                     depth, n);
-  for (; r < rows; ++r)
-    rows_times<T, 1>(v + r * lv, lv, w, lw, add ? add + r * la : nullptr, la, out + r * lo, lo,
-                     depth, n);
+  constexpr int64_t kPanel = 256 / sizeof(T);
+  for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
+    const int64_t width = std::min(kPanel, n - j0);
+    const T* plus = add ? add + j0 : nullptr;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      rows_times<T, 4>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr, la,
+                       out + r * lo + j0, lo, depth, width);
+    for (; r < rows; ++r)
+      rows_times<T, 1>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr, la,
+                       out + r * lo + j0, lo, depth, width);
+  }
 }
 
 // The gates of one row, elementwise. Each its own function with __restrict arguments:
