@@ -65,6 +65,21 @@ inline T act_grad(T y) {
   return y > T(0) ? T(1) : T(0);
 }
 
+// A second product a row matmul may add, v (rows lv apart) times w (depth rows, lw
+// apart): the recurrent term h W_h summed with the input term x W_x in one pass over
+// the gates' row, whose sums stay in registers. depth 0: none.
+template <typename T>
+struct Term {
+  const T* v = nullptr;
+  int64_t lv = 0;
+  const T* w = nullptr;
+  int64_t lw = 0, depth = 0;
+  // The same term from row r and column j0 on.
+  Term rows_from(int64_t r, int64_t j0) const {
+    return depth ? Term{v + r * lv, lv, w + j0, lw, depth} : Term{};
+  }
+};
+
 // For rows r < R, columns [j0, n) in tiles of kTile: out[r, j] = add[r, j] + sum_{k <
 // depth} v[r, k] w[k, j]; returns the first column not done (fewer than kTile left).
 // Each tile's R x kTile sums stay in registers across the k loop, so that each loaded
@@ -72,7 +87,8 @@ inline T act_grad(T y) {
 template <typename T, int R, int64_t kTile>
 __attribute__((always_inline)) inline int64_t row_tiles(
     const T* __restrict v, int64_t lv, const T* __restrict w, int64_t lw, const T* add,
-    int64_t la, T* out, int64_t lo, int64_t depth, int64_t j0, int64_t n) {
+    int64_t la, T* out, int64_t lo, int64_t depth, const Term<T>& more, int64_t j0,
+    int64_t n) {
   for (; j0 + kTile <= n; j0 += kTile) {
     T acc[R][kTile];
     for (int r = 0; r < R; ++r)
@@ -81,6 +97,13 @@ __attribute__((always_inline)) inline int64_t row_tiles(
       const T* __restrict wk = w + k * lw + j0;
       for (int r = 0; r < R; ++r) {
         const T a = v[r * lv + k];
+        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
+      }
+    }
+    for (int64_t k = 0; k < more.depth; ++k) {
+      const T* __restrict wk = more.w + k * more.lw + j0;
+      for (int r = 0; r < R; ++r) {
+        const T a = more.v[r * more.lv + k];
         for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
       }
     }
@@ -102,14 +125,16 @@ template <typename T, int R>
 __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
                                           const T* __restrict w, int64_t lw, const T* add,
                                           int64_t la, T* out, int64_t lo, int64_t depth,
-                                          int64_t n) {
+                                          int64_t n, const Term<T>& more) {
   constexpr int64_t kVector = 64 / sizeof(T);
-  int64_t j0 = row_tiles<T, R, 4 * kVector>(v, lv, w, lw, add, la, out, lo, depth, 0, n);
-  j0 = row_tiles<T, R, kVector>(v, lv, w, lw, add, la, out, lo, depth, j0, n);
+  int64_t j0 = row_tiles<T, R, 4 * kVector>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
+  j0 = row_tiles<T, R, kVector>(v, lv, w, lw, add, la, out, lo, depth, more, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
       T acc = add ? add[r * la + j0] : T(0);
       for (int64_t k = 0; k < depth; ++k) acc += v[r * lv + k] * w[k * lw + j0];
+      for (int64_t k = 0; k < more.depth; ++k)
+        acc += more.v[r * more.lv + k] * more.w[k * more.lw + j0];
       out[r * lo + j0] = acc;
     }
   }
@@ -121,7 +146,8 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
 // not fit in it: row-major, rows_times re-read W from L2 for every four rows).
 template <typename T>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
-                 int64_t la, T* out, int64_t lo, int64_t depth, int64_t n) {
+                 int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
+                 const Term<T>& more = Term<T>{}) {
   constexpr int64_t kPanel = 256 / sizeof(T);
   for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
     const int64_t width = std::min(kPanel, n - j0);
@@ -129,10 +155,10 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4)
       rows_times<T, 4>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr, la,
-                       out + r * lo + j0, lo, depth, width);
+                       out + r * lo + j0, lo, depth, width, more.rows_from(r, j0));
     for (; r < rows; ++r)
       rows_times<T, 1>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr, la,
-                       out + r * lo + j0, lo, depth, width);
+                       out + r * lo + j0, lo, depth, width, more.rows_from(r, j0));
   }
 }
 
@@ -225,11 +251,12 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
     T* h = hs + t * step + b0 * u;
     T* st = stash ? stash + (t * L.batch + b0) * s : gates.data();
     const bool* m = L.mask + t * L.batch + b0;
-    // The input term b_in + x_t W_x, into the stash's first G*u columns.
+    // The input term b_in + x_t W_x, into the stash's first G*u columns; the SimpleRNN's
+    // and the LSTM's z = b_in + x_t W_x + h W_h in one pass.
+    const bool one_pass = L.cell == kSimple || L.cell == kLstm;
     block_times(rows, L.xs + (t * L.batch + b0) * L.inputs, L.inputs, L.w_x, g, L.b_in, 0,
-                st, s, L.inputs, g);
+                st, s, L.inputs, g, one_pass ? Term<T>{hp, u, L.w_h, g, u} : Term<T>{});
     if (L.cell == kSimple) {
-      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
           simple_output<T, kAct>(st + r * s, h + r * u, u);
@@ -238,7 +265,6 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
         }
       }
     } else if (L.cell == kLstm) {
-      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
       // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
       const int64_t lc = stash ? s : u;
       const T* cp = t == 0 ? L.c0 + b0 * u
