@@ -83,6 +83,40 @@ def test_the_simple_cell_infers_in_the_gated_kernel_and_trains_in_its_own():
 SLOW = pytest.mark.slow
 
 
+@pytest.mark.parametrize("cell,reset_after,padding", [
+    ("lstm", True, "pre"), ("simple", True, "post"),
+    pytest.param("gru", True, "pre", marks=SLOW), pytest.param("gru", False, "post", marks=SLOW)])
+def test_final_state_only_inference_matches_the_reference(cell, reset_after, padding):
+    """Without return_sequences the top layer's inference kernel keeps only the final
+    state (sequences = 0; the layer below still writes its states): float64 final states
+    against the reference, masked rows (one empty) and initial states included; the same
+    model differentiated (the top layer's ys then not an output) against scan."""
+    with jax.enable_x64(True):
+        units = [21, 13]
+        params = _params(cell, reset_after, 5, units, jnp.float64)
+        x = jax.random.normal(jax.random.key(5), (9, 12, 5), jnp.float64)
+        h0 = _initial_state(cell, 9, units, jnp.float64)
+        kw = dict(cell=cell, lengths=np.array([12, 1, 0, 7, 11, 12, 5, 9, 3]), padding=padding,
+                  return_state=True)
+
+        def run(strategy):
+            return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
+        text = _hlo(run("cpu_native"), params, x, h0)
+        calls = [line for line in text.splitlines() if "stackrnn_gated_infer" in line]
+        assert ["sequences = 1" in c for c in calls] == [True, False]
+        assert ["sequences = 0" in c for c in calls] == [False, True]
+        ours = jax.jit(run("cpu_native"))(params, x, h0)
+        assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
+
+        def grad(strategy):
+            def loss(p, x, s):
+                y, states = run(strategy)(p, x, s)
+                return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
+                                                 for leaf in jax.tree.leaves(states))
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
+        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+
+
 @pytest.mark.parametrize("cell,reset_after,padding,activation", [
     ("lstm", True, "pre", "tanh"), ("gru", True, "post", "relu"), ("gru", False, "pre", "tanh"),
     pytest.param("lstm", True, "post", "relu", marks=SLOW),

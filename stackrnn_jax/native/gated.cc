@@ -16,6 +16,8 @@
 // the LSTM's with G = 1). Where mask[t, b] is false the carry is held (outputs are
 // masked by the caller), as common.masked_step.
 //
+// Inference of a layer read only through its final state (the top of a classifier)
+// writes that state alone (attribute sequences 0), not the (time, batch, u) states.
 // Training forward also stores, per step and row, what the backward pass reads
 // (stash (time, batch, S*units)): LSTM [i f g o c_t] (S 5), GRU [z r n u_n] (after) or
 // [z r n r*h] (before) (S 4). Backward, from the stash, per step in reverse: dX (the
@@ -236,19 +238,29 @@ struct Layer {
 };
 
 // Rows [b0, b1) of the forward pass: hs, the final cell state (LSTM) and, when stash is
-// not null, the stash.
+// not null, the stash. sequences false (inference of a layer read only through its final
+// state): hs is (batch, u), the last step's state only; the steps' states live in two
+// running buffers, so no (time, batch, u) array is written (and, under glibc's default
+// allocator, page-faulted in).
 template <typename T, int kAct>
-void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash) {
+void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash,
+                  bool sequences) {
   const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
   const int64_t rows = b1 - b0, step = L.batch * u;
+  std::vector<T> states[2] = {std::vector<T>(sequences ? 0 : rows * u),
+                              std::vector<T>(sequences ? 0 : rows * u)};
+  // The state after step t of this chunk's rows (rows u apart either way).
+  auto state = [&](int64_t t) {
+    return sequences ? hs + t * step + b0 * u : states[t % 2].data();
+  };
   // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
   // previous step's and this one's) live here.
   std::vector<T> gates(stash ? 0 : rows * s), rec(rows * g);
   std::vector<T> cells[2] = {std::vector<T>(stash ? 0 : rows * u),
                              std::vector<T>(stash ? 0 : rows * u)};
   for (int64_t t = 0; t < L.time; ++t) {
-    const T* hp = (t == 0 ? L.h0 : hs + (t - 1) * step) + b0 * u;
-    T* h = hs + t * step + b0 * u;
+    const T* hp = t == 0 ? L.h0 + b0 * u : state(t - 1);
+    T* h = state(t);
     T* st = stash ? stash + (t * L.batch + b0) * s : gates.data();
     const bool* m = L.mask + t * L.batch + b0;
     // The input term b_in + x_t W_x, into the stash's first G*u columns; the SimpleRNN's
@@ -306,6 +318,10 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
         }
       }
     }
+  }
+  if (!sequences) {
+    const T* last = L.time == 0 ? L.h0 + b0 * u : state(L.time - 1);
+    std::copy(last, last + rows * u, hs + b0 * u);
   }
   if (L.cell != kLstm) {
     std::fill(c_last + b0 * u, c_last + b1 * u, T(0));
@@ -528,15 +544,23 @@ Layer<T> layer_of(int64_t cell, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& 
                   c0.typed_data<T>(), static_cast<const bool*>(mask.untyped_data())};
 }
 
-// stash null: inference (nothing kept for a backward pass).
+// stash null: inference (nothing kept for a backward pass). sequences false: hs is
+// (batch, u), the final state only.
 ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& w_x,
                    const ffi::AnyBuffer& b_in, const ffi::AnyBuffer& w_h,
                    const ffi::AnyBuffer& b_rec, const ffi::AnyBuffer& h0,
                    const ffi::AnyBuffer& c0, const ffi::AnyBuffer& mask, ffi::AnyBuffer* hs,
                    ffi::AnyBuffer* c_last, ffi::AnyBuffer* stash, int64_t cell,
-                   int64_t activation) {
+                   int64_t activation, bool sequences) {
   if (auto error = check_layer(cell, activation, xs, w_x, w_h, h0, c0, mask); error.failure())
     return error;
+  const auto out = hs->dimensions();
+  const int64_t want = sequences ? 3 : 2;
+  if (static_cast<int64_t>(out.size()) != want ||
+      (sequences && out[0] != xs.dimensions()[0]) || out[want - 2] != h0.dimensions()[0] ||
+      out[want - 1] != h0.dimensions()[1]) {
+    return ffi::Error::InvalidArgument("stackrnn gated: hs has the wrong shape");
+  }
   return by_dtype(xs.element_type(), "gated", [&](auto type) {
     using T = decltype(type);
     const Layer<T> L = layer_of<T>(cell, xs, w_x, b_in, w_h, b_rec, h0, c0, mask);
@@ -544,7 +568,7 @@ ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::An
     by_activation(activation, [&](auto code) {
       over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
         forward_rows<T, decltype(code)::value>(L, b0, b1, hs->typed_data<T>(),
-                                               c_last->typed_data<T>(), kept);
+                                               c_last->typed_data<T>(), kept, sequences);
       });
     });
   });
@@ -557,15 +581,16 @@ ffi::Error Train(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ff
                  int64_t cell, int64_t activation) {
   if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
   return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, &*stash, cell,
-                 activation);
+                 activation, true);
 }
 
 ffi::Error Infer(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ffi::AnyBuffer b_in,
                  ffi::AnyBuffer w_h, ffi::AnyBuffer b_rec, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
                  ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
-                 ffi::Result<ffi::AnyBuffer> c_last, int64_t cell, int64_t activation) {
+                 ffi::Result<ffi::AnyBuffer> c_last, int64_t cell, int64_t activation,
+                 int64_t sequences) {
   return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, nullptr, cell,
-                 activation);
+                 activation, sequences != 0);
 }
 
 template <typename T>
@@ -660,10 +685,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedInfer, Infer,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()  // hs, or the final h
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("cell")
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("sequences"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedBackward, Backward,
                               ffi::Ffi::Bind()
