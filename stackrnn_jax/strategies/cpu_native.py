@@ -23,10 +23,12 @@ LSTM and GRU (both ``reset_after`` variants; ``gated.cc``): each step's input te
 ``x_t W_x + b`` is formed in the kernel, so no ``(time, batch, gates*units)`` projection
 is written and read back, then all gates' recurrent term in one row matmul against
 ``W_h (units, gates*units)``. Without differentiation the kernel keeps nothing but the
-states; under ``jax.grad`` it also stores each step's gate activations (and the LSTM's
-cell state), from which the backward kernel runs the reverse loop, forms the input's
-gradient per step and sums ``dW_h``, ``dW_x`` and the biases' gradients per 16-step
-block (no ``(time, batch, gates*units)`` gradient array is written out).
+states, and of the top layer of a stack read only through its final state
+(``stacked_rnn`` without ``return_sequences``) only that state; under ``jax.grad`` it
+also stores each step's gate activations (and the LSTM's cell state), from which the
+backward kernel runs the reverse loop, forms the input's gradient per step and sums
+``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
+``(time, batch, gates*units)`` gradient array is written out).
 
 What it covers: the three cells (tanh or relu) in float32 or float64, on the CPU
 backend, with masks, initial states, dropout between layers and both directions. Anything
