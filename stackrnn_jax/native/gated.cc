@@ -117,19 +117,21 @@ __attribute__((always_inline)) inline int64_t row_tiles(
 
 // For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
 // add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
-// null, or out itself: out += v w). Columns in tiles of four 64-byte vectors (16 sums
-// in registers: the FMA units' latency is covered and a tile's loads are a quarter of its
-// FMAs; two vectors, 8 sums, measured ~1.3x slower), then of one vector, then one by
-// one. Not inlined (see simple_rnn.cc: inlined, the tile left the registers). add and
-// out are not __restrict: they may be one array, and out is written only after the k
-// loop.
-template <typename T, int R>
+// null, or out itself: out += v w). Columns in tiles of kVectors 64-byte vectors, then of
+// one vector, then one by one. The forward's products use four (16 sums in registers:
+// the FMA units' latency is covered and a tile's loads are a quarter of its FMAs; two
+// vectors, 8 sums, measured ~1.3x slower there); the backward's use two (see
+// kBackwardVectors). Not inlined (see simple_rnn.cc: inlined, the tile left the
+// registers). add and out are not __restrict: they may be one array, and out is written
+// only after the k loop.
+template <typename T, int R, int kVectors>
 __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
                                           const T* __restrict w, int64_t lw, const T* add,
                                           int64_t la, T* out, int64_t lo, int64_t depth,
                                           int64_t n, const Term<T>& more) {
   constexpr int64_t kVector = 64 / sizeof(T);
-  int64_t j0 = row_tiles<T, R, 4 * kVector>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
+  int64_t j0 =
+      row_tiles<T, R, kVectors * kVector>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
   j0 = row_tiles<T, R, kVector>(v, lv, w, lw, add, la, out, lo, depth, more, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
@@ -145,8 +147,9 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
 // rows_times over `rows` rows: four at a time, then one; in panels of columns, each
 // panel over all the rows before the next, so that the panel's block of w (depth x 64
 // bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
-// not fit in it: row-major, rows_times re-read W from L2 for every four rows).
-template <typename T>
+// not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors:
+// see rows_times.
+template <typename T, int kVectors = 4>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
                  int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
                  const Term<T>& more = Term<T>{}) {
@@ -156,11 +159,13 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
     const T* plus = add ? add + j0 : nullptr;
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4)
-      rows_times<T, 4>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr, la,
-                       out + r * lo + j0, lo, depth, width, more.rows_from(r, j0));
+      rows_times<T, 4, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
+                                 la, out + r * lo + j0, lo, depth, width,
+                                 more.rows_from(r, j0));
     for (; r < rows; ++r)
-      rows_times<T, 1>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr, la,
-                       out + r * lo + j0, lo, depth, width, more.rows_from(r, j0));
+      rows_times<T, 1, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
+                                 la, out + r * lo + j0, lo, depth, width,
+                                 more.rows_from(r, j0));
   }
 }
 
@@ -396,6 +401,13 @@ struct Grads {
 // weight gradients to dw_h (u, G*u), dw_x (inputs, G*u), db_in and db_rec (G*u). dX and
 // dU live only for a block of steps (a ring of kBlock steps' rows): the weight gradients
 // are summed from them per block, the input's gradient per step.
+//
+// The backward's products (against W_h^T and W_x^T: depth G*u, u or inputs columns) in
+// tiles of two vectors: with four, the LSTM's training step at batch 32, T 500 ran ~1.4x
+// slower and the GRU's ~1.2x (an A/B of the whole step; two vectors is what they used
+// before the forward's tiles were widened).
+constexpr int kBackwardVectors = 2;
+
 template <typename T, int kAct>
 void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1, T* dw_h,
                    T* dw_x, T* db_in, T* db_rec) {
@@ -439,8 +451,9 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     if (L.cell == kGruBefore) {
-      block_times(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u, static_cast<const T*>(nullptr),
-                  0, product.data(), u, u, u);
+      block_times<T, kBackwardVectors>(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u,
+                                       static_cast<const T*>(nullptr), 0, product.data(), u,
+                                       u, u);
       for (int64_t r = 0; r < rows; ++r)
         if (m[r])
           gru_before_grads<T>(st + r * s, hp + r * u, product.data() + r * u, dh + r * u,
@@ -448,8 +461,8 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
     }
     // dh <- dU W_h^T (GRU: added to the direct paths); GRU reset_before: z and r only.
     const int64_t depth = L.cell == kGruBefore ? 2 * u : g;
-    block_times(rows, du, g, D.w_t, u, static_cast<const T*>(nullptr), 0, product.data(), u,
-                depth, u);
+    block_times<T, kBackwardVectors>(rows, du, g, D.w_t, u, static_cast<const T*>(nullptr), 0,
+                                     product.data(), u, depth, u);
     for (int64_t r = 0; r < rows; ++r) {
       if (!m[r]) continue;
       const T* prr = product.data() + r * u;
@@ -461,8 +474,10 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     // The input's gradient (masked rows: dX is zero there).
-    block_times(rows, dx, g, D.w_xt, L.inputs, static_cast<const T*>(nullptr), 0,
-                D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g, L.inputs);
+    block_times<T, kBackwardVectors>(rows, dx, g, D.w_xt, L.inputs,
+                                     static_cast<const T*>(nullptr), 0,
+                                     D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g,
+                                     L.inputs);
     block_h.push_back(hp);
     block_x.push_back(L.xs + (t * L.batch + b0) * L.inputs);
     block_d.push_back(dx);
