@@ -20,6 +20,7 @@ from jax.experimental import checkify
 
 from stackrnn_jax.cells import Cell, make_cell
 from stackrnn_jax.strategies import get_strategy
+from stackrnn_jax.strategies.registry import takes_sequences
 
 PADDING_SIDES = ("post", "pre")
 MERGE_MODES = ("concat", "sum")
@@ -145,7 +146,12 @@ def stacked_rnn(params, x, *, cell: str = "simple", lengths=None, padding: str =
         ys, finals = _run_bidirectional(run_stack, the_cell, params, xs, mask, carries,
                                         between, merge, unroll)
     else:
-        ys, finals = run_stack(the_cell, params, xs, mask, carries, between, unroll=unroll)
+        # A strategy that can skip writing the top layer's outputs is told when they are
+        # not read (it then returns ys None).
+        unread = {} if return_sequences or not takes_sequences(run_stack) else {
+            "sequences": False}
+        ys, finals = run_stack(the_cell, params, xs, mask, carries, between, unroll=unroll,
+                               **unread)
 
     if return_sequences:
         y = jnp.swapaxes(ys, 0, 1)

@@ -83,6 +83,40 @@ def test_the_simple_cell_infers_in_the_gated_kernel_and_trains_in_its_own():
 SLOW = pytest.mark.slow
 
 
+@pytest.mark.parametrize("cell,reset_after,padding", [
+    ("lstm", True, "pre"), ("simple", True, "post"),
+    pytest.param("gru", True, "pre", marks=SLOW), pytest.param("gru", False, "post", marks=SLOW)])
+def test_final_state_only_inference_matches_the_reference(cell, reset_after, padding):
+    """Without return_sequences the top layer's inference kernel keeps only the final
+    state (sequences = 0; the layer below still writes its states): float64 final states
+    against the reference, masked rows (one empty) and initial states included; the same
+    model differentiated (the top layer's ys then not an output) against scan."""
+    with jax.enable_x64(True):
+        units = [21, 13]
+        params = _params(cell, reset_after, 5, units, jnp.float64)
+        x = jax.random.normal(jax.random.key(5), (9, 12, 5), jnp.float64)
+        h0 = _initial_state(cell, 9, units, jnp.float64)
+        kw = dict(cell=cell, lengths=np.array([12, 1, 0, 7, 11, 12, 5, 9, 3]), padding=padding,
+                  return_state=True)
+
+        def run(strategy):
+            return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
+        text = _hlo(run("cpu_native"), params, x, h0)
+        calls = [line for line in text.splitlines() if "stackrnn_gated_infer" in line]
+        assert ["sequences = 1" in c for c in calls] == [True, False]
+        assert ["sequences = 0" in c for c in calls] == [False, True]
+        ours = jax.jit(run("cpu_native"))(params, x, h0)
+        assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
+
+        def grad(strategy):
+            def loss(p, x, s):
+                y, states = run(strategy)(p, x, s)
+                return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
+                                                 for leaf in jax.tree.leaves(states))
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
+        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+
+
 @pytest.mark.parametrize("cell,reset_after,padding,activation", [
     ("lstm", True, "pre", "tanh"), ("gru", True, "post", "relu"), ("gru", False, "pre", "tanh"),
     pytest.param("lstm", True, "post", "relu", marks=SLOW),
@@ -128,6 +162,32 @@ def test_float32_matches_the_float64_reference(cell, reset_after):
         p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
         want = reference_rnn(p64, np.asarray(x, np.float64), cell=cell, return_sequences=True)
     assert _max_error(ours, want) < 1e-5
+
+
+@pytest.mark.parametrize("cell,reset_after", [
+    ("lstm", True), ("gru", True), pytest.param("gru", False, marks=SLOW),
+    pytest.param("simple", True, marks=SLOW)], ids=GATED_IDS + ["simple"])
+def test_float32_partial_tiles_match_the_reference_and_scan(cell, reset_after):
+    """float32 column panels of 64 cut short: units 40 and 23 leave one-vector tiles and
+    single columns in the row matmuls (forward, and backward's dh and input gradient);
+    batch 13 leaves single rows; masked rows. Outputs against the float64 reference,
+    gradients against scan."""
+    units = [40, 23]
+    params = _params(cell, reset_after, 7, units, jnp.float32)
+    x = jax.random.normal(jax.random.key(4), (13, 9, 7), jnp.float32)
+    kw = dict(cell=cell, lengths=np.array([9, 3, 0, 9, 5, 8, 9, 1, 9, 7, 9, 2, 6]),
+              return_sequences=True)
+    ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="cpu_native", **kw))(params, x)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        want = reference_rnn(p64, np.asarray(x, np.float64), **kw)
+    assert _max_error(ours, want) < 1e-5
+
+    def grad(strategy):
+        def loss(p, x):
+            return jnp.sum(jnp.sin(stacked_rnn(p, x, strategy=strategy, **kw)))
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    assert _max_error(grad("cpu_native"), grad("scan")) < 1e-4
 
 
 @pytest.mark.parametrize("cell,reset_after", [

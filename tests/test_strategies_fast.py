@@ -266,13 +266,16 @@ def test_auto_gpu_rules(problem, expected):
 SAME_RUN_SPREAD = 1.25
 
 
-@pytest.mark.parametrize("results", ["gpu/results.json", "results.json"])
-def test_auto_picks_the_fastest_variant_each_benchmark_measured(results):
+@pytest.mark.parametrize("results, part", [
+    ("gpu/results.json", "train"), ("results.json", "train"),
+    ("cpu-fast/rules-infer-b32-t100/results.json", "forward"),
+    ("cpu-fast/rules-infer-b256-t500/results.json", "forward")])
+def test_auto_picks_the_fastest_variant_each_benchmark_measured(results, part):
     """At every workload a benchmark run measured, the variant ``auto`` chooses (strategy
-    and unroll) has the fastest train step there, within the run's spread: the rules
-    follow the results files, not the other way round. Only workloads where the chosen
-    variant was measured count; the ``auto`` entry itself (timed under an older rule
-    table) is left out."""
+    and unroll) has the fastest train step there (``part`` "train"; inference runs:
+    "forward"), within the run's spread: the rules follow the results files, not the
+    other way round. Only workloads where the chosen variant was measured count; the
+    ``auto`` entry itself (timed under an older rule table) is left out."""
     import json
     import pathlib
 
@@ -284,7 +287,7 @@ def test_auto_picks_the_fastest_variant_each_benchmark_measured(results):
         if entry["kind"] == "ours" and entry["status"] == "ok" and entry["variant"] != "auto":
             w = entry["workload"]
             key = (w["cell"], w["L"], w["T"], w["B"], w["H"])
-            timings.setdefault(key, {})[entry["variant"]] = entry["train"]["median_s"]
+            timings.setdefault(key, {})[entry["variant"]] = entry[part]["median_s"]
     checked = 0
     for (cell, layers, time, batch, units), measured in timings.items():
         strategy, rule = auto.choose(backend, layers, time, batch, [units] * layers, cell)

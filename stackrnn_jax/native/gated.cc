@@ -16,6 +16,8 @@
 // the LSTM's with G = 1). Where mask[t, b] is false the carry is held (outputs are
 // masked by the caller), as common.masked_step.
 //
+// Inference of a layer read only through its final state (the top of a classifier)
+// writes that state alone (attribute sequences 0), not the (time, batch, u) states.
 // Training forward also stores, per step and row, what the backward pass reads
 // (stash (time, batch, S*units)): LSTM [i f g o c_t] (S 5), GRU [z r n u_n] (after) or
 // [z r n r*h] (before) (S 4). Backward, from the stash, per step in reverse: dX (the
@@ -65,20 +67,30 @@ inline T act_grad(T y) {
   return y > T(0) ? T(1) : T(0);
 }
 
-// For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
-// add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
-// null, or out itself: out += v w). Columns in tiles of a compile-time width held in
-// registers across the k loop, R rows at a time so that each loaded tile of w serves R
-// rows; the tail columns one by one. Not inlined (see simple_rnn.cc: inlined, the tile
-// left the registers). add and out are not __restrict: they may be one array, and out is
-// written only after the k loop.
-template <typename T, int R>
-__attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
-                                          const T* __restrict w, int64_t lw, const T* add,
-                                          int64_t la, T* out, int64_t lo, int64_t depth,
-                                          int64_t n) {
-  constexpr int64_t kTile = 128 / sizeof(T);  // two 64-byte vectors
-  int64_t j0 = 0;
+// A second product a row matmul may add, v (rows lv apart) times w (depth rows, lw
+// apart): the recurrent term h W_h summed with the input term x W_x in one pass over
+// the gates' row, whose sums stay in registers. depth 0: none.
+template <typename T>
+struct Term {
+  const T* v = nullptr;
+  int64_t lv = 0;
+  const T* w = nullptr;
+  int64_t lw = 0, depth = 0;
+  // The same term from row r and column j0 on.
+  Term rows_from(int64_t r, int64_t j0) const {
+    return depth ? Term{v + r * lv, lv, w + j0, lw, depth} : Term{};
+  }
+};
+
+// For rows r < R, columns [j0, n) in tiles of kTile: out[r, j] = add[r, j] + sum_{k <
+// depth} v[r, k] w[k, j]; returns the first column not done (fewer than kTile left).
+// Each tile's R x kTile sums stay in registers across the k loop, so that each loaded
+// tile of w serves R rows and each broadcast v[r, k] serves kTile columns.
+template <typename T, int R, int64_t kTile>
+__attribute__((always_inline)) inline int64_t row_tiles(
+    const T* __restrict v, int64_t lv, const T* __restrict w, int64_t lw, const T* add,
+    int64_t la, T* out, int64_t lo, int64_t depth, const Term<T>& more, int64_t j0,
+    int64_t n) {
   for (; j0 + kTile <= n; j0 += kTile) {
     T acc[R][kTile];
     for (int r = 0; r < R; ++r)
@@ -90,29 +102,71 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
         for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
       }
     }
+    for (int64_t k = 0; k < more.depth; ++k) {
+      const T* __restrict wk = more.w + k * more.lw + j0;
+      for (int r = 0; r < R; ++r) {
+        const T a = more.v[r * more.lv + k];
+        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
+      }
+    }
     for (int r = 0; r < R; ++r)
       for (int64_t j = 0; j < kTile; ++j) out[r * lo + j0 + j] = acc[r][j];
   }
+  return j0;
+}
+
+// For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
+// add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
+// null, or out itself: out += v w). Columns in tiles of kVectors 64-byte vectors, then of
+// one vector, then one by one. The forward's products use four (16 sums in registers:
+// the FMA units' latency is covered and a tile's loads are a quarter of its FMAs; two
+// vectors, 8 sums, measured ~1.3x slower there); the backward's use two (see
+// kBackwardVectors). Not inlined (see simple_rnn.cc: inlined, the tile left the
+// registers). add and out are not __restrict: they may be one array, and out is written
+// only after the k loop.
+template <typename T, int R, int kVectors>
+__attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
+                                          const T* __restrict w, int64_t lw, const T* add,
+                                          int64_t la, T* out, int64_t lo, int64_t depth,
+                                          int64_t n, const Term<T>& more) {
+  constexpr int64_t kVector = 64 / sizeof(T);
+  int64_t j0 =
+      row_tiles<T, R, kVectors * kVector>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
+  j0 = row_tiles<T, R, kVector>(v, lv, w, lw, add, la, out, lo, depth, more, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
       T acc = add ? add[r * la + j0] : T(0);
       for (int64_t k = 0; k < depth; ++k) acc += v[r * lv + k] * w[k * lw + j0];
+      for (int64_t k = 0; k < more.depth; ++k)
+        acc += more.v[r * more.lv + k] * more.w[k * more.lw + j0];
       out[r * lo + j0] = acc;
     }
   }
 }
 
-// rows_times over `rows` rows: four at a time, then one.
-template <typename T>
+// rows_times over `rows` rows: four at a time, then one; in panels of columns, each
+// panel over all the rows before the next, so that the panel's block of w (depth x 64
+// bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
+// not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors:
+// see rows_times.
+template <typename T, int kVectors = 4>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
-                 int64_t la, T* out, int64_t lo, int64_t depth, int64_t n) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4)
-    rows_times<T, 4>(v + r * lv, lv, w, lw, add ? add + r * la : nullptr, la, out + r * lo, lo,
-                     depth, n);
-  for (; r < rows; ++r)
-    rows_times<T, 1>(v + r * lv, lv, w, lw, add ? add + r * la : nullptr, la, out + r * lo, lo,
-                     depth, n);
+                 int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
+                 const Term<T>& more = Term<T>{}) {
+  constexpr int64_t kPanel = 256 / sizeof(T);
+  for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
+    const int64_t width = std::min(kPanel, n - j0);
+    const T* plus = add ? add + j0 : nullptr;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      rows_times<T, 4, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
+                                 la, out + r * lo + j0, lo, depth, width,
+                                 more.rows_from(r, j0));
+    for (; r < rows; ++r)
+      rows_times<T, 1, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
+                                 la, out + r * lo + j0, lo, depth, width,
+                                 more.rows_from(r, j0));
+  }
 }
 
 // The gates of one row, elementwise. Each its own function with __restrict arguments:
@@ -189,26 +243,37 @@ struct Layer {
 };
 
 // Rows [b0, b1) of the forward pass: hs, the final cell state (LSTM) and, when stash is
-// not null, the stash.
+// not null, the stash. sequences false (inference of a layer read only through its final
+// state): hs is (batch, u), the last step's state only; the steps' states live in two
+// running buffers, so no (time, batch, u) array is written (and, under glibc's default
+// allocator, page-faulted in).
 template <typename T, int kAct>
-void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash) {
+void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash,
+                  bool sequences) {
   const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
   const int64_t rows = b1 - b0, step = L.batch * u;
+  std::vector<T> states[2] = {std::vector<T>(sequences ? 0 : rows * u),
+                              std::vector<T>(sequences ? 0 : rows * u)};
+  // The state after step t of this chunk's rows (rows u apart either way).
+  auto state = [&](int64_t t) {
+    return sequences ? hs + t * step + b0 * u : states[t % 2].data();
+  };
   // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
   // previous step's and this one's) live here.
   std::vector<T> gates(stash ? 0 : rows * s), rec(rows * g);
   std::vector<T> cells[2] = {std::vector<T>(stash ? 0 : rows * u),
                              std::vector<T>(stash ? 0 : rows * u)};
   for (int64_t t = 0; t < L.time; ++t) {
-    const T* hp = (t == 0 ? L.h0 : hs + (t - 1) * step) + b0 * u;
-    T* h = hs + t * step + b0 * u;
+    const T* hp = t == 0 ? L.h0 + b0 * u : state(t - 1);
+    T* h = state(t);
     T* st = stash ? stash + (t * L.batch + b0) * s : gates.data();
     const bool* m = L.mask + t * L.batch + b0;
-    // The input term b_in + x_t W_x, into the stash's first G*u columns.
+    // The input term b_in + x_t W_x, into the stash's first G*u columns; the SimpleRNN's
+    // and the LSTM's z = b_in + x_t W_x + h W_h in one pass.
+    const bool one_pass = L.cell == kSimple || L.cell == kLstm;
     block_times(rows, L.xs + (t * L.batch + b0) * L.inputs, L.inputs, L.w_x, g, L.b_in, 0,
-                st, s, L.inputs, g);
+                st, s, L.inputs, g, one_pass ? Term<T>{hp, u, L.w_h, g, u} : Term<T>{});
     if (L.cell == kSimple) {
-      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
           simple_output<T, kAct>(st + r * s, h + r * u, u);
@@ -217,7 +282,6 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
         }
       }
     } else if (L.cell == kLstm) {
-      block_times(rows, hp, u, L.w_h, g, st, s, st, s, u, g);  // z += h W_h
       // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
       const int64_t lc = stash ? s : u;
       const T* cp = t == 0 ? L.c0 + b0 * u
@@ -259,6 +323,10 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
         }
       }
     }
+  }
+  if (!sequences) {
+    const T* last = L.time == 0 ? L.h0 + b0 * u : state(L.time - 1);
+    std::copy(last, last + rows * u, hs + b0 * u);
   }
   if (L.cell != kLstm) {
     std::fill(c_last + b0 * u, c_last + b1 * u, T(0));
@@ -333,6 +401,13 @@ struct Grads {
 // weight gradients to dw_h (u, G*u), dw_x (inputs, G*u), db_in and db_rec (G*u). dX and
 // dU live only for a block of steps (a ring of kBlock steps' rows): the weight gradients
 // are summed from them per block, the input's gradient per step.
+//
+// The backward's products (against W_h^T and W_x^T: depth G*u, u or inputs columns) in
+// tiles of two vectors: with four, the LSTM's training step at batch 32, T 500 ran ~1.4x
+// slower and the GRU's ~1.2x (an A/B of the whole step; two vectors is what they used
+// before the forward's tiles were widened).
+constexpr int kBackwardVectors = 2;
+
 template <typename T, int kAct>
 void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1, T* dw_h,
                    T* dw_x, T* db_in, T* db_rec) {
@@ -376,8 +451,9 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     if (L.cell == kGruBefore) {
-      block_times(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u, static_cast<const T*>(nullptr),
-                  0, product.data(), u, u, u);
+      block_times<T, kBackwardVectors>(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u,
+                                       static_cast<const T*>(nullptr), 0, product.data(), u,
+                                       u, u);
       for (int64_t r = 0; r < rows; ++r)
         if (m[r])
           gru_before_grads<T>(st + r * s, hp + r * u, product.data() + r * u, dh + r * u,
@@ -385,8 +461,8 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
     }
     // dh <- dU W_h^T (GRU: added to the direct paths); GRU reset_before: z and r only.
     const int64_t depth = L.cell == kGruBefore ? 2 * u : g;
-    block_times(rows, du, g, D.w_t, u, static_cast<const T*>(nullptr), 0, product.data(), u,
-                depth, u);
+    block_times<T, kBackwardVectors>(rows, du, g, D.w_t, u, static_cast<const T*>(nullptr), 0,
+                                     product.data(), u, depth, u);
     for (int64_t r = 0; r < rows; ++r) {
       if (!m[r]) continue;
       const T* prr = product.data() + r * u;
@@ -398,8 +474,10 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     // The input's gradient (masked rows: dX is zero there).
-    block_times(rows, dx, g, D.w_xt, L.inputs, static_cast<const T*>(nullptr), 0,
-                D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g, L.inputs);
+    block_times<T, kBackwardVectors>(rows, dx, g, D.w_xt, L.inputs,
+                                     static_cast<const T*>(nullptr), 0,
+                                     D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g,
+                                     L.inputs);
     block_h.push_back(hp);
     block_x.push_back(L.xs + (t * L.batch + b0) * L.inputs);
     block_d.push_back(dx);
@@ -481,15 +559,23 @@ Layer<T> layer_of(int64_t cell, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& 
                   c0.typed_data<T>(), static_cast<const bool*>(mask.untyped_data())};
 }
 
-// stash null: inference (nothing kept for a backward pass).
+// stash null: inference (nothing kept for a backward pass). sequences false: hs is
+// (batch, u), the final state only.
 ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& w_x,
                    const ffi::AnyBuffer& b_in, const ffi::AnyBuffer& w_h,
                    const ffi::AnyBuffer& b_rec, const ffi::AnyBuffer& h0,
                    const ffi::AnyBuffer& c0, const ffi::AnyBuffer& mask, ffi::AnyBuffer* hs,
                    ffi::AnyBuffer* c_last, ffi::AnyBuffer* stash, int64_t cell,
-                   int64_t activation) {
+                   int64_t activation, bool sequences) {
   if (auto error = check_layer(cell, activation, xs, w_x, w_h, h0, c0, mask); error.failure())
     return error;
+  const auto out = hs->dimensions();
+  const int64_t want = sequences ? 3 : 2;
+  if (static_cast<int64_t>(out.size()) != want ||
+      (sequences && out[0] != xs.dimensions()[0]) || out[want - 2] != h0.dimensions()[0] ||
+      out[want - 1] != h0.dimensions()[1]) {
+    return ffi::Error::InvalidArgument("stackrnn gated: hs has the wrong shape");
+  }
   return by_dtype(xs.element_type(), "gated", [&](auto type) {
     using T = decltype(type);
     const Layer<T> L = layer_of<T>(cell, xs, w_x, b_in, w_h, b_rec, h0, c0, mask);
@@ -497,7 +583,7 @@ ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::An
     by_activation(activation, [&](auto code) {
       over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
         forward_rows<T, decltype(code)::value>(L, b0, b1, hs->typed_data<T>(),
-                                               c_last->typed_data<T>(), kept);
+                                               c_last->typed_data<T>(), kept, sequences);
       });
     });
   });
@@ -510,15 +596,16 @@ ffi::Error Train(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ff
                  int64_t cell, int64_t activation) {
   if (cell == kSimple) return ffi::Error::InvalidArgument("stackrnn gated: no SimpleRNN training");
   return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, &*stash, cell,
-                 activation);
+                 activation, true);
 }
 
 ffi::Error Infer(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ffi::AnyBuffer b_in,
                  ffi::AnyBuffer w_h, ffi::AnyBuffer b_rec, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
                  ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
-                 ffi::Result<ffi::AnyBuffer> c_last, int64_t cell, int64_t activation) {
+                 ffi::Result<ffi::AnyBuffer> c_last, int64_t cell, int64_t activation,
+                 int64_t sequences) {
   return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, nullptr, cell,
-                 activation);
+                 activation, sequences != 0);
 }
 
 template <typename T>
@@ -613,10 +700,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedInfer, Infer,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()  // hs, or the final h
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("cell")
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("sequences"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedBackward, Backward,
                               ffi::Ffi::Bind()

@@ -43,18 +43,16 @@ void activate(T* row, int64_t n, int64_t activation) {
   }
 }
 
-// For rows r < R (each n apart): out[r, j] = add[r, j] + sum_k v[r, k] * w[k, j], w (n, n)
-// row-major; add may be null (a plain product). Columns go in tiles of a compile-time
-// width held in registers across the k loop, R rows at a time so that each loaded tile
-// of w serves R rows; the tail columns one by one. Not inlined: inlined into a loop
-// whose rows share one array, the __restrict promises are lost and the tile no longer
-// stays in registers (2.5x slower).
-template <typename T, int R>
-__attribute__((noinline)) void rows_times(const T* __restrict v, const T* __restrict w,
-                                          const T* __restrict add, T* __restrict out,
-                                          int64_t n) {
-  constexpr int64_t kTile = 128 / sizeof(T);  // two 64-byte vectors
-  int64_t j0 = 0;
+// For rows r < R (each n apart), columns [j0, n) in tiles of kTile: out[r, j] = add[r, j]
+// + sum_k v[r, k] * w[k, j]; returns the first column not done (fewer than kTile left).
+// The tile's R x kTile sums stay in registers across the k loop, so that each loaded
+// tile of w serves R rows.
+template <typename T, int R, int64_t kTile>
+__attribute__((always_inline)) inline int64_t row_tiles(const T* __restrict v,
+                                                        const T* __restrict w,
+                                                        const T* __restrict add,
+                                                        T* __restrict out, int64_t j0,
+                                                        int64_t n) {
   for (; j0 + kTile <= n; j0 += kTile) {
     T acc[R][kTile];
     for (int r = 0; r < R; ++r)
@@ -69,6 +67,21 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, const T* __rest
     for (int r = 0; r < R; ++r)
       for (int64_t j = 0; j < kTile; ++j) out[r * n + j0 + j] = acc[r][j];
   }
+  return j0;
+}
+
+// For rows r < R: out = add + v @ w, w (n, n) row-major; add may be null (a plain
+// product). Columns in tiles of four 64-byte vectors (16 sums in registers, as gated.cc:
+// two vectors measured ~1.5x slower there), then of one, then one by one. Not inlined:
+// inlined into a loop whose rows share one array, the __restrict promises are lost and
+// the tile no longer stays in registers (2.5x slower).
+template <typename T, int R>
+__attribute__((noinline)) void rows_times(const T* __restrict v, const T* __restrict w,
+                                          const T* __restrict add, T* __restrict out,
+                                          int64_t n) {
+  constexpr int64_t kVector = 64 / sizeof(T);
+  int64_t j0 = row_tiles<T, R, 4 * kVector>(v, w, add, out, 0, n);
+  j0 = row_tiles<T, R, kVector>(v, w, add, out, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
       T acc = add ? add[r * n + j0] : T(0);

@@ -27,7 +27,7 @@ from typing import Sequence
 import jax
 
 from stackrnn_jax import native
-from stackrnn_jax.strategies.registry import get_strategy, register
+from stackrnn_jax.strategies.registry import get_strategy, register, takes_sequences
 
 FALLBACK = "scan"
 UNBOUNDED = 2**62
@@ -197,15 +197,18 @@ def explain_auto(*, time: int, batch: int, units: int | Sequence[int],
     return f"auto -> {choice} for {problem}: {rule.why}"
 
 
-def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
-    """Run the strategy ``choose`` picks for ``xs (time, batch, features)`` and ``layers``."""
+def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1, sequences=True):
+    """Run the strategy ``choose`` picks for ``xs (time, batch, features)`` and ``layers``;
+    ``sequences`` (see ``registry.RunStack``) is passed on to a strategy that takes it."""
     time, batch = xs.shape[:2]
     units = [layer["recurrent_kernel"].shape[0] for layer in layers]
     problem = (jax.default_backend(), len(layers), time, batch, units, cell.name)
     _warn_if_kernels_missing(problem)
     strategy, rule = choose(*problem)
-    return get_strategy(strategy)(cell, layers, xs, mask, carries, between,
-                                  unroll=rule_unroll(rule, unroll))
+    chosen = get_strategy(strategy)
+    extra = {} if sequences or not takes_sequences(chosen) else {"sequences": False}
+    return chosen(cell, layers, xs, mask, carries, between, unroll=rule_unroll(rule, unroll),
+                  **extra)
 
 
 def _warn_if_kernels_missing(problem) -> None:

@@ -19,16 +19,18 @@ def masked_step(cell, params, carry, xw_t, m_t):
     return new, jnp.where(m_t, new[0], jnp.zeros_like(new[0]))
 
 
-def layer_by_layer(run_layer, *, projected: bool = True):
+def layer_by_layer(run_layer, *, projected: bool = True, final_only: bool = False):
     """Make a whole-stack strategy from a one-layer runner.
 
     ``run_layer(cell, params, xw, mask, carry, *, unroll) -> (ys, carry)`` gets the
     hoisted input projection ``xw (time, batch, gates*units)`` of its layer, or with
     ``projected=False`` the layer's input ``xs (time, batch, features)`` itself (a runner
-    that forms the projection, and its gradient, on its own).
+    that forms the projection, and its gradient, on its own). ``final_only``: run_layer
+    also takes ``sequences=False`` for the top layer when the caller reads only its
+    final carry (the stack's ``sequences=False``); it may then return ys None.
     """
 
-    def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1):
+    def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1, sequences=True):
         mask = None if mask is None else mask[..., None]
         finals = []
         for index, params in enumerate(layers):
@@ -36,7 +38,10 @@ def layer_by_layer(run_layer, *, projected: bool = True):
                 xs = xs * between[index - 1]
             # The input term for every timestep in one matmul, outside the time loop.
             inputs = cell.project(params, xs) if projected else xs
-            xs, carry = run_layer(cell, params, inputs, mask, carries[index], unroll=unroll)
+            top_unread = final_only and not sequences and index == len(layers) - 1
+            extra = {"sequences": False} if top_unread else {}
+            xs, carry = run_layer(cell, params, inputs, mask, carries[index], unroll=unroll,
+                                  **extra)
             finals.append(carry)
         return xs, finals
 

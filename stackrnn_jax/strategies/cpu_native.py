@@ -23,10 +23,12 @@ LSTM and GRU (both ``reset_after`` variants; ``gated.cc``): each step's input te
 ``x_t W_x + b`` is formed in the kernel, so no ``(time, batch, gates*units)`` projection
 is written and read back, then all gates' recurrent term in one row matmul against
 ``W_h (units, gates*units)``. Without differentiation the kernel keeps nothing but the
-states; under ``jax.grad`` it also stores each step's gate activations (and the LSTM's
-cell state), from which the backward kernel runs the reverse loop, forms the input's
-gradient per step and sums ``dW_h``, ``dW_x`` and the biases' gradients per 16-step
-block (no ``(time, batch, gates*units)`` gradient array is written out).
+states, and of the top layer of a stack read only through its final state
+(``stacked_rnn`` without ``return_sequences``) only that state; under ``jax.grad`` it
+also stores each step's gate activations (and the LSTM's cell state), from which the
+backward kernel runs the reverse loop, forms the input's gradient per step and sums
+``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
+``(time, batch, gates*units)`` gradient array is written out).
 
 What it covers: the three cells (tanh or relu) in float32 or float64, on the CPU
 backend, with masks, initial states, dropout between layers and both directions. Anything
@@ -70,32 +72,33 @@ def _forward(activation, masked, w_x, b, w_h, h0, xs, mask):
     return (ys, hs[-1]), hs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _layer(activation, masked, w_x, b, w_h, h0, xs, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _layer(activation, masked, sequences, w_x, b, w_h, h0, xs, mask):
     """One layer: ``w_x (inputs, units)``, ``b (units,)``, ``w_h (units, units)``,
     ``h0 (batch, units)``, ``xs (time, batch, inputs)``, ``mask (time, batch)`` bool (all
-    True when not ``masked``) -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` and the
-    carry after the last step (``hs[-1]``). Without differentiation it runs gated.cc's
-    inference kernel, which forms each step's input term itself (no hoisted
-    ``(time, batch, units)`` projection written and read back)."""
+    True when not ``masked``) -> ``(ys, final)``: ``ys = where(mask, hs, 0)`` (None when
+    not ``sequences``: the caller reads the final state only) and the carry after the
+    last step (``hs[-1]``). Without differentiation it runs gated.cc's inference kernel,
+    which forms each step's input term itself (no hoisted ``(time, batch, units)``
+    projection written and read back)."""
     ys, (final,) = _gated_forward(SIMPLE, activation, masked, False, w_x, b, w_h, (h0,), xs,
-                                  mask)[0]
+                                  mask, sequences)[0]
     return ys, final
 
 
-def _layer_fwd(activation, masked, w_x, b, w_h, h0, xs, mask):
+def _layer_fwd(activation, masked, sequences, w_x, b, w_h, h0, xs, mask):
     # symbolic_zeros=True hands the primals over wrapped (value, perturbed).
     w_x, b, w_h, h0, xs, mask = (p.value for p in (w_x, b, w_h, h0, xs, mask))
-    outputs, hs = _forward(activation, masked, w_x, b, w_h, h0, xs, mask)
-    return outputs, (w_x, w_h, h0, xs, hs, mask)
+    (ys, final), hs = _forward(activation, masked, w_x, b, w_h, h0, xs, mask)
+    return (ys if sequences else None, final), (w_x, w_h, h0, xs, hs, mask)
 
 
-def _layer_bwd(activation, masked, residuals, cotangents):
+def _layer_bwd(activation, masked, sequences, residuals, cotangents):
     w_x, w_h, h0, xs, hs, mask = residuals
     d_ys, d_final = cotangents
     # An unused output's cotangent arrives as a symbolic zero: a layer read only through
     # its final state (the top of a classifier) passes no (time, batch, units) zeros.
-    with_dy = not isinstance(d_ys, SymbolicZero)
+    with_dy = sequences and not isinstance(d_ys, SymbolicZero)
     if isinstance(d_final, SymbolicZero):
         d_final = jnp.zeros_like(h0)
     da, dh0, d_wh, d_wx = _ffi(
@@ -111,48 +114,57 @@ def _layer_bwd(activation, masked, residuals, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
-def _gated_forward(code, activation, masked, train, w_x, bias, w_h, carry, xs, mask):
+def _gated_forward(code, activation, masked, train, w_x, bias, w_h, carry, xs, mask,
+                   sequences=True):
     """``(ys, final), (hs, stash)``; the stash (what the backward kernel reads) only when
-    ``train``, else None."""
+    ``train``, else None. Inference without ``sequences``: ys and hs are None, and the
+    kernel writes the final state alone."""
     b_in, b_rec = (bias[0], bias[1]) if code == GRU_AFTER else (bias, jnp.zeros_like(bias))
     h0 = carry[0]
     c0 = carry[1] if code == LSTM else h0  # a GRU's c0 is not read
     time, batch = xs.shape[:2]
     units = h0.shape[-1]
-    shapes = [jax.ShapeDtypeStruct((time, batch, units), xs.dtype),
-              jax.ShapeDtypeStruct((batch, units), xs.dtype)]
+    state = jax.ShapeDtypeStruct((batch, units), xs.dtype)
+    if not (train or sequences):
+        h_last, c_last = _ffi("stackrnn_gated_infer", (state, state), xs, w_x, b_in, w_h,
+                              b_rec, h0, c0, mask, cell=code,
+                              activation=ACTIVATION_CODES[activation], sequences=False)
+        return (None, (h_last, c_last) if code == LSTM else (h_last,)), (None, None)
+    shapes = [jax.ShapeDtypeStruct((time, batch, units), xs.dtype), state]
+    attributes = {} if train else {"sequences": True}
     if train:
         shapes.append(jax.ShapeDtypeStruct((time, batch, STASH_WIDTH[code] * units), xs.dtype))
     outputs = _ffi("stackrnn_gated_train" if train else "stackrnn_gated_infer", tuple(shapes),
                    xs, w_x, b_in, w_h, b_rec, h0, c0, mask, cell=code,
-                   activation=ACTIVATION_CODES[activation])
+                   activation=ACTIVATION_CODES[activation], **attributes)
     hs, c_last = outputs[:2]
     final = (hs[-1], c_last) if code == LSTM else (hs[-1],)
     ys = jnp.where(mask[..., None], hs, jnp.zeros_like(hs)) if masked else hs
     return (ys, final), (hs, outputs[2] if train else None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _gated_layer(code, activation, masked, w_x, bias, w_h, carry, xs, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _gated_layer(code, activation, masked, sequences, w_x, bias, w_h, carry, xs, mask):
     """One LSTM (``code`` 0) or GRU layer (1: reset_after, 2: reset_before):
     ``w_x (inputs, G*units)``, ``bias`` (Keras layout), ``w_h (units, G*units)``, ``carry``
     ``(h0,)`` or ``(h0, c0)`` each ``(batch, units)``, ``xs (time, batch, inputs)``, ``mask
-    (time, batch)`` bool -> ``(ys, final carry)``."""
-    return _gated_forward(code, activation, masked, False, w_x, bias, w_h, carry, xs, mask)[0]
+    (time, batch)`` bool -> ``(ys, final carry)`` (ys None when not ``sequences``)."""
+    return _gated_forward(code, activation, masked, False, w_x, bias, w_h, carry, xs, mask,
+                          sequences)[0]
 
 
-def _gated_fwd(code, activation, masked, w_x, bias, w_h, carry, xs, mask):
+def _gated_fwd(code, activation, masked, sequences, w_x, bias, w_h, carry, xs, mask):
     w_x, bias, w_h, xs, mask = (p.value for p in (w_x, bias, w_h, xs, mask))
     carry = tuple(p.value for p in carry)
-    outputs, (hs, stash) = _gated_forward(code, activation, masked, True, w_x, bias, w_h,
-                                          carry, xs, mask)
-    return outputs, (w_x, w_h, carry, xs, hs, stash, mask)
+    (ys, final), (hs, stash) = _gated_forward(code, activation, masked, True, w_x, bias, w_h,
+                                              carry, xs, mask)
+    return (ys if sequences else None, final), (w_x, w_h, carry, xs, hs, stash, mask)
 
 
-def _gated_bwd(code, activation, masked, residuals, cotangents):
+def _gated_bwd(code, activation, masked, sequences, residuals, cotangents):
     w_x, w_h, carry, xs, hs, stash, mask = residuals
     d_ys, d_final = cotangents
-    with_dy = not isinstance(d_ys, SymbolicZero)
+    with_dy = sequences and not isinstance(d_ys, SymbolicZero)
     d_final = tuple(jnp.zeros_like(c) if isinstance(d, SymbolicZero) else d
                     for d, c in zip(d_final, carry))
     h0 = carry[0]
@@ -178,10 +190,11 @@ def covers(cell, dtype) -> bool:
             and jax.default_backend() == "cpu" and native.warn_unavailable())
 
 
-def run_layer(cell, params, xs, mask, carry, *, unroll=1):
+def run_layer(cell, params, xs, mask, carry, *, unroll=1, sequences=True):
     """One layer over its input ``xs (time, batch, features)``; ``mask (time, batch, 1)`` or
     None. The layer's custom VJP spans the projection too, so that the backward kernel
-    also forms ``dW_x`` (the gated kernels also form the projection itself)."""
+    also forms ``dW_x`` (the gated kernels also form the projection itself). Not
+    ``sequences``: the caller reads only the final carry; ys may then be None."""
     dtype = jnp.result_type(xs, carry[0], params["recurrent_kernel"])
     if not covers(cell, dtype):
         return scan_vjp.run_layer(cell, params, cell.project(params, xs), mask, carry,
@@ -189,12 +202,13 @@ def run_layer(cell, params, xs, mask, carry, *, unroll=1):
     steps = jnp.ones(xs.shape[:2], bool) if mask is None else mask[..., 0]
     weights = (params[k].astype(dtype) for k in ("kernel", "bias", "recurrent_kernel"))
     if cell.name == "simple":
-        ys, final = _layer(cell.activation, mask is not None, *weights, carry[0].astype(dtype),
-                           xs.astype(dtype), steps)
+        ys, final = _layer(cell.activation, mask is not None, sequences, *weights,
+                           carry[0].astype(dtype), xs.astype(dtype), steps)
         return ys, (final,)
     code = LSTM if cell.name == "lstm" else (GRU_AFTER if cell.reset_after else GRU_BEFORE)
-    return _gated_layer(code, cell.activation, mask is not None, *weights,
+    return _gated_layer(code, cell.activation, mask is not None, sequences, *weights,
                         tuple(c.astype(dtype) for c in carry), xs.astype(dtype), steps)
 
 
-run_stack = register("cpu_native", layer_by_layer(run_layer, projected=False))
+run_stack = register("cpu_native", layer_by_layer(run_layer, projected=False,
+                                                  final_only=True))

@@ -8,6 +8,7 @@ the same ``register`` / ``unregister``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, Sequence
 
 import jax
@@ -25,6 +26,9 @@ class RunStack(Protocol):
       between: L-1 multipliers of the inputs of layers 1..L-1 (dropout, already
         scaled), each ``(time, batch, units)`` or None.
       unroll: timesteps per loop iteration, for strategies that loop (others ignore it).
+      sequences: (only strategies whose signature has it; ``takes_sequences``) False when
+        the caller reads only ``finals``: the strategy may then skip writing the top
+        layer's outputs and return ``ys`` None.
     Returns:
       ``(ys, finals)``: ``ys (time, batch, units_top)`` the top layer's outputs, zero at
       masked steps; ``finals`` the L final carries (each sequence's state after its last
@@ -51,6 +55,14 @@ def register(name: str, run_stack: RunStack) -> RunStack:
 def unregister(name: str) -> None:
     """Remove strategy ``name`` (a no-op when it is not registered)."""
     STRATEGIES.pop(name, None)
+
+
+def takes_sequences(run_stack) -> bool:
+    """Whether ``run_stack`` accepts the ``sequences`` keyword (see ``RunStack``)."""
+    try:
+        return "sequences" in inspect.signature(run_stack).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
 
 
 def get_strategy(name: str) -> RunStack:
