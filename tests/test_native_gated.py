@@ -47,6 +47,17 @@ def _initial_state(cell, batch, units, dtype, seed=3):
     return [(draw(u), draw(u)) if cell == "lstm" else draw(u) for u in units]
 
 
+def _float64_problem(cell, reset_after, seed):
+    """A float64 5 -> [21, 13] stack (column tiles of 16 plus tails in every gate block),
+    inputs ``(9, 12, 5)`` (thread chunks of 4 and 5 rows), initial states and 9 lengths
+    (one row empty, one a single step). Call under ``jax.enable_x64``."""
+    units = [21, 13]
+    params = _params(cell, reset_after, 5, units, jnp.float64)
+    x = jax.random.normal(jax.random.key(seed), (9, 12, 5), jnp.float64)
+    h0 = _initial_state(cell, 9, units, jnp.float64)
+    return params, x, h0, np.array([12, 1, 0, 7, 11, 12, 5, 9, 3])
+
+
 def _max_error(a, b):
     return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in
                zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
@@ -92,12 +103,8 @@ def test_final_state_only_inference_matches_the_reference(cell, reset_after, pad
     against the reference, masked rows (one empty) and initial states included; the same
     model differentiated (the top layer's ys then not an output) against scan."""
     with jax.enable_x64(True):
-        units = [21, 13]
-        params = _params(cell, reset_after, 5, units, jnp.float64)
-        x = jax.random.normal(jax.random.key(5), (9, 12, 5), jnp.float64)
-        h0 = _initial_state(cell, 9, units, jnp.float64)
-        kw = dict(cell=cell, lengths=np.array([12, 1, 0, 7, 11, 12, 5, 9, 3]), padding=padding,
-                  return_state=True)
+        params, x, h0, lengths = _float64_problem(cell, reset_after, seed=5)
+        kw = dict(cell=cell, lengths=lengths, padding=padding, return_state=True)
 
         def run(strategy):
             return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
@@ -128,12 +135,9 @@ def test_float64_matches_the_reference_and_scan(cell, reset_after, padding, acti
     rows masked, one empty; initial states; outputs, every final state, gradients of the
     weights, the input and the initial states."""
     with jax.enable_x64(True):
-        units = [21, 13]
-        params = _params(cell, reset_after, 5, units, jnp.float64)
-        x = jax.random.normal(jax.random.key(1), (9, 12, 5), jnp.float64)
-        h0 = _initial_state(cell, 9, units, jnp.float64)
-        kw = dict(cell=cell, lengths=np.array([12, 1, 0, 7, 11, 12, 5, 9, 3]), padding=padding,
-                  activation=activation, return_sequences=True)
+        params, x, h0, lengths = _float64_problem(cell, reset_after, seed=1)
+        kw = dict(cell=cell, lengths=lengths, padding=padding, activation=activation,
+                  return_sequences=True)
         ours = jax.jit(lambda p, x, s: stacked_rnn(p, x, strategy="cpu_native", initial_state=s,
                                                    return_state=True, **kw))(params, x, h0)
         assert _max_error(ours, reference_rnn(params, x, initial_state=h0, return_state=True,
