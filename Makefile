@@ -26,11 +26,15 @@ lint: venv
 	$(VENV)/bin/ruff check stackrnn_jax tests bench scripts
 	$(VENV)/bin/mypy
 
+# Most of the suite's time is XLA compiling, one core per compile: two worker processes
+# use both cores of a 2-core machine. A worker takes whole files (loadfile), so a file's
+# module-level compiled functions and trained fixtures are built once.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-all: venv
-	$(PY) -m pytest -m ""
+	$(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadfile
 
 check: venv
 	$(PY) scripts/manual_check.py

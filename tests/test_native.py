@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -170,16 +171,23 @@ def test_unwritable_cache_is_one_line(tmp_path, monkeypatch):
         native._build("c++", jax.ffi.include_dir(), "k")
 
 
-@needs_compiler
 def test_a_cached_build_is_reused_without_compiling(tmp_path, monkeypatch):
+    """The second build of the same key finds the library and runs no compiler. A stand-in
+    compiler writes the output file: a real build costs ~25 s here, and every kernel test
+    already runs a real one."""
     monkeypatch.setenv("STACKRNN_NATIVE_CACHE", str(tmp_path))
-    first = native._build("c++", jax.ffi.include_dir(), "same")
-    assert first.exists() and first.parent == tmp_path
+    calls = []
 
-    def no_compiler(*args, **kwargs):
-        raise AssertionError("compiled again")
-    monkeypatch.setattr(subprocess, "run", no_compiler)
+    def fake_compiler(command, **kwargs):
+        calls.append(command)
+        Path(command[command.index("-o") + 1]).write_bytes(b"library")
+        return subprocess.CompletedProcess(command, 0, "", "")
+    monkeypatch.setattr(subprocess, "run", fake_compiler)
+    first = native._build("c++", jax.ffi.include_dir(), "same")
+    assert first.parent == tmp_path and first.read_bytes() == b"library"
     assert native._build("c++", jax.ffi.include_dir(), "same") == first
+    assert len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # scratch folder removed
 
 
 @needs_kernels
