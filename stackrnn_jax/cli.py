@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from stackrnn_jax.allocator import keep_freed_memory
+    from stackrnn_jax.compile_cache import use_compile_cache
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # ~25-35% faster CPU train steps (see allocator.py)
@@ -159,6 +160,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line
+            use_compile_cache()  # the next run loads its compiled steps (compile_cache.py)
             args.run(args)
     except (ValueError, OSError) as error:  # DataError and RunError are ValueErrors
         print(f"error: {_one_line(error)}", file=sys.stderr)

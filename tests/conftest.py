@@ -6,6 +6,11 @@ import os
 
 import pytest
 
+# The tests call the `stackrnn` command in this process and in subprocesses: its persistent
+# compilation cache (stackrnn_jax/compile_cache.py) would be process-wide and write under
+# the user's home. Off here; tests/test_compile_cache.py turns it on where it is checked.
+os.environ["STACKRNN_COMPILE_CACHE"] = "0"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _full_float32_matmuls_on_accelerators():

@@ -50,7 +50,7 @@ def cache_dir() -> Path:
     return Path(base) / "stackrnn_jax"
 
 
-def _cpu_identity() -> str:
+def cpu_identity() -> str:
     """What -march=native depends on: the CPU model and its feature flags."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -102,7 +102,7 @@ def load() -> ctypes.CDLL:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     texts = [path.read_text() for path in (*SOURCES, *HEADERS)]
     key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version,
-                                    jaxlib.__version__, _cpu_identity()]).encode()).hexdigest()[:16]
+                                    jaxlib.__version__, cpu_identity()]).encode()).hexdigest()[:16]
     path = _build(compiler, include, key)
     try:
         library = ctypes.cdll.LoadLibrary(str(path))
