@@ -1,4 +1,5 @@
-"""Epoch time of a preset on the real IMDB with and without length buckets, side by side.
+"""Epoch time of a preset on the real IMDB with and without length buckets (or under two
+execution strategies: ``--strategies A B``), side by side.
 
 Both variants train the same preset from the same initial state on the first batches of
 the same shuffled epoch (``--batches`` of each), in alternating blocks so that a busy
@@ -9,6 +10,8 @@ exactly, over the whole epoch. Results go to ``--out`` as JSON and Markdown:
 
     python scripts/bucket_timing.py --data ../shared/data/aclImdb.tar.gz --preset gru-best \
         --out bench/results/accuracy/bucket_timing
+    python scripts/bucket_timing.py --data ../shared/data/aclImdb.tar.gz --preset gru-best \
+        --strategies fused auto --out bench/results/accuracy/strategy_timing
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def main(argv=None) -> None:
     parser.add_argument("--bucket-width", type=int, default=64)
     parser.add_argument("--batches", type=int, default=60, help="timed steps per variant")
     parser.add_argument("--block", type=int, default=10, help="steps per alternating block")
+    parser.add_argument("--strategies", nargs=2, metavar=("BASELINE", "OTHER"),
+                        help="compare two strategies (both with --bucket-width) instead")
     parser.add_argument("--out", type=Path, default=Path("bench/results/accuracy/bucket_timing"))
     args = parser.parse_args(argv)
     keep_freed_memory()  # as the stackrnn command does
@@ -112,20 +117,27 @@ def main(argv=None) -> None:
     encoded = load_encoded(args.data, num_words=base.num_words, maxlen=base.maxlen,
                            padding=base.padding, truncating=base.truncating)
     train, _ = split_validation(encoded.train, base.val_fraction, base.seed, by=base.val_split)
-    variants = {"buckets": Variant(base.replace(bucket_width=args.bucket_width), train),
-                "no buckets": Variant(base.replace(bucket_width=0), train)}
+    if args.strategies:
+        configs = {f"strategy {name}": base.replace(bucket_width=args.bucket_width,
+                                                    strategy=name) for name in args.strategies}
+    else:
+        configs = {"no buckets": base.replace(bucket_width=0),
+                   "buckets": base.replace(bucket_width=args.bucket_width)}
+    variants = {name: Variant(config, train) for name, config in configs.items()}
     compile_s = {name: variant.compile_all() for name, variant in variants.items()}
     for _ in range(args.batches // args.block):
         for variant in variants.values():
             variant.run(args.block)
     rows = {name: variant.summary(compile_s[name]) for name, variant in variants.items()}
-    speedup = rows["no buckets"]["epoch_s_estimate"] / rows["buckets"]["epoch_s_estimate"]
+    baseline, other = rows  # the speedup is the second variant's over the first
     result = {"preset": args.preset, "maxlen": args.maxlen, "machine": machine(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "load_average": list(__import__("os").getloadavg()), "variants": rows,
-              "epoch_speedup": speedup,
-              "step_ratio": rows["no buckets"]["recurrent_steps_per_epoch"]
-              / rows["buckets"]["recurrent_steps_per_epoch"]}
+              "baseline": baseline, "other": other,
+              "epoch_speedup": rows[baseline]["epoch_s_estimate"]
+              / rows[other]["epoch_s_estimate"],
+              "step_ratio": rows[baseline]["recurrent_steps_per_epoch"]
+              / rows[other]["recurrent_steps_per_epoch"]}
     run_dir.write_json(args.out.with_suffix(".json"), result)
     run_dir.write_text(args.out.with_suffix(".md"), markdown(result))
     print(markdown(result))
@@ -142,7 +154,8 @@ def markdown(result: dict) -> str:
                      f"{row['step_ms_block_max']:.1f}) | {row['epoch_s_estimate']:.0f} | "
                      f"{row['recurrent_steps_per_epoch']:,} | {row['compile_s']:.1f} "
                      f"({len(row['compiled_lengths'])}) |")
-    lines += ["", f"Epoch speedup {result['epoch_speedup']:.2f}x; recurrent steps "
+    lines += ["", f"Epoch speedup of {result['other']} over {result['baseline']} "
+                  f"{result['epoch_speedup']:.2f}x; recurrent steps "
                   f"{result['step_ratio']:.2f}x fewer. {info['cpu']}, {info['cores']} cores, jax "
                   f"{info['jax']}, {result['date']}, load average "
                   f"{', '.join(f'{x:.1f}' for x in result['load_average'])} (shared machine)."]
