@@ -42,6 +42,8 @@ VARIANTS = {
     "maxlen-800": {"maxlen": 800},
     "bidirectional-max": {"bidirectional": True, "pooling": "max"},
     "bidirectional-max-800": {"bidirectional": True, "pooling": "max", "maxlen": 800},
+    # simple-best's inputs: whole reviews up to 1,000 ids, 20k words, 64-wide embeddings.
+    "long-input": {"num_words": 20_000, "embed_dim": 64, "maxlen": 1000, "bucket_width": 128},
 }
 
 
