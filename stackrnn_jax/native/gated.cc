@@ -595,6 +595,9 @@ ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::An
     using T = decltype(type);
     const Layer<T> L = layer_of<T>(cell, xs, w_x, b_in, w_h, b_rec, h0, c0, mask);
     T* kept = stash ? stash->typed_data<T>() : nullptr;
+    // The outputs this call writes in full: (time, batch, ...) arrays, megabytes.
+    if (stash) stackrnn::prefer_huge_pages(kept, stash->size_bytes());
+    if (sequences) stackrnn::prefer_huge_pages(hs->untyped_data(), hs->size_bytes());
     by_activation(activation, [&](auto code) {
       over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
         forward_rows<T, decltype(code)::value>(L, b0, b1, hs->typed_data<T>(),
@@ -680,6 +683,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x,
                with_dy ? dy.typed_data<T>() : nullptr, dh_last.typed_data<T>(),
                dc_last.typed_data<T>(), nullptr, nullptr, dxs->typed_data<T>(),
                dh0->typed_data<T>(), dc0->typed_data<T>()};
+    stackrnn::prefer_huge_pages(D.dxs, dxs->size_bytes());
     backward_typed<T>(pool, L, D, dw_h->typed_data<T>(), dw_x->typed_data<T>(),
                       db_in->typed_data<T>(), db_rec->typed_data<T>(), activation);
   });
