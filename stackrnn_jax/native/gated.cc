@@ -122,15 +122,19 @@ __attribute__((always_inline)) inline int64_t row_tiles(
   return j0;
 }
 
+// The forward's tiles: four vectors by 4 rows (see rows_times); two where the target
+// has 16 vector registers (16 sums would leave none for the operands).
+constexpr int kForwardVectors = stackrnn::kRegisters >= 32 ? 4 : 2;
+
 // For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
 // add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
-// null, or out itself: out += v w). Columns in tiles of kVectors 64-byte vectors, then of
-// one vector, then one by one. The forward's products use 4 rows by four vectors (16
-// sums in registers: the FMA units' latency is covered and a tile's loads are a quarter
-// of its FMAs; two vectors, 8 sums, measured ~1.3x slower there); the backward's 8 rows
-// by two (see kBackwardVectors). Not inlined (see simple_rnn.cc: inlined, the tile left the
-// registers). add and out are not __restrict: they may be one array, and out is written
-// only after the k loop.
+// null, or out itself: out += v w). Columns in tiles of kVectors vectors (64 bytes each
+// with AVX-512), then of one vector, then one by one. The forward's products use 4 rows
+// by four vectors (16 sums in registers: the FMA units' latency is covered and a tile's
+// loads are a quarter of its FMAs; two vectors, 8 sums, measured ~1.3x slower there);
+// the backward's 8 rows by two (see kBackwardVectors). Not inlined (see simple_rnn.cc:
+// inlined, the tile left the registers). add and out are not __restrict: they may be one
+// array, and out is written only after the k loop.
 template <typename T, int R, int kVectors>
 __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
                                           const T* __restrict w, int64_t lw, const T* add,
@@ -154,7 +158,7 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
 // bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
 // not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors
 // and kRows: see rows_times.
-template <typename T, int kVectors = 4, int kRows = 4>
+template <typename T, int kVectors = kForwardVectors, int kRows = 4>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
                  int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
                  const Term<T>& more = Term<T>{}) {
@@ -418,7 +422,7 @@ struct Grads {
 // faster than with 4-row tiles; 4 rows by four vectors came between. (The trial of
 // four vectors that made the training step slower, before the tiles were written in
 // vectors, met the auto-vectoriser's slow one-vector tiles at 32 inputs.)
-constexpr int kBackwardVectors = 2, kBackwardRows = 8;
+constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 4;
 
 // out = v w over `rows` rows (depth, n: as block_times) in the backward's tiles.
 template <typename T>
