@@ -82,57 +82,66 @@ struct Term {
   }
 };
 
-// For rows r < R, columns [j0, n) in tiles of kTile: out[r, j] = add[r, j] + sum_{k <
-// depth} v[r, k] w[k, j]; returns the first column not done (fewer than kTile left).
-// Each tile's R x kTile sums stay in registers across the k loop, so that each loaded
-// tile of w serves R rows and each broadcast v[r, k] serves kTile columns.
-template <typename T, int R, int64_t kTile>
+// For rows r < R, columns [j0, n) in tiles of kV vectors: out[r, j] = add[r, j] + sum_{k
+// < depth} v[r, k] w[k, j]; returns the first column not done (less than a tile left).
+// Each tile's R x kV vectors of sums stay in registers across the k loop, so that each
+// loaded tile of w serves R rows and each broadcast v[r, k] serves the tile's columns.
+template <typename T, int R, int kV>
 __attribute__((always_inline)) inline int64_t row_tiles(
     const T* __restrict v, int64_t lv, const T* __restrict w, int64_t lw, const T* add,
     int64_t la, T* out, int64_t lo, int64_t depth, const Term<T>& more, int64_t j0,
     int64_t n) {
+  using V = stackrnn::vec_t<T>;
+  constexpr int64_t kVector = sizeof(V) / sizeof(T), kTile = kV * kVector;
   for (; j0 + kTile <= n; j0 += kTile) {
-    T acc[R][kTile];
+    V acc[R][kV];
     for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kTile; ++j) acc[r][j] = add ? add[r * la + j0 + j] : T(0);
+      for (int q = 0; q < kV; ++q)
+        acc[r][q] = add ? stackrnn::load_vector(add + r * la + j0 + q * kVector) : V{};
     for (int64_t k = 0; k < depth; ++k) {
-      const T* __restrict wk = w + k * lw + j0;
+      V wk[kV];
+      for (int q = 0; q < kV; ++q) wk[q] = stackrnn::load_vector(w + k * lw + j0 + q * kVector);
       for (int r = 0; r < R; ++r) {
         const T a = v[r * lv + k];
-        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
+        for (int q = 0; q < kV; ++q) acc[r][q] += a * wk[q];
       }
     }
     for (int64_t k = 0; k < more.depth; ++k) {
-      const T* __restrict wk = more.w + k * more.lw + j0;
+      V wk[kV];
+      for (int q = 0; q < kV; ++q)
+        wk[q] = stackrnn::load_vector(more.w + k * more.lw + j0 + q * kVector);
       for (int r = 0; r < R; ++r) {
         const T a = more.v[r * more.lv + k];
-        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
+        for (int q = 0; q < kV; ++q) acc[r][q] += a * wk[q];
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kTile; ++j) out[r * lo + j0 + j] = acc[r][j];
+      for (int q = 0; q < kV; ++q)
+        stackrnn::store_vector(out + r * lo + j0 + q * kVector, acc[r][q]);
   }
   return j0;
 }
 
+// The forward's tiles: four vectors by 4 rows (see rows_times); two where the target
+// has 16 vector registers (16 sums would leave none for the operands).
+constexpr int kForwardVectors = stackrnn::kRegisters >= 32 ? 4 : 2;
+
 // For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
 // add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
-// null, or out itself: out += v w). Columns in tiles of kVectors 64-byte vectors, then of
-// one vector, then one by one. The forward's products use four (16 sums in registers:
-// the FMA units' latency is covered and a tile's loads are a quarter of its FMAs; two
-// vectors, 8 sums, measured ~1.3x slower there); the backward's use two (see
-// kBackwardVectors). Not inlined (see simple_rnn.cc: inlined, the tile left the
-// registers). add and out are not __restrict: they may be one array, and out is written
-// only after the k loop.
+// null, or out itself: out += v w). Columns in tiles of kVectors vectors (64 bytes each
+// with AVX-512), then of one vector, then one by one. The forward's products use 4 rows
+// by four vectors (16 sums in registers: the FMA units' latency is covered and a tile's
+// loads are a quarter of its FMAs; two vectors, 8 sums, measured ~1.3x slower there);
+// the backward's 8 rows by two (see kBackwardVectors). Not inlined (see simple_rnn.cc:
+// inlined, the tile left the registers). add and out are not __restrict: they may be one
+// array, and out is written only after the k loop.
 template <typename T, int R, int kVectors>
 __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
                                           const T* __restrict w, int64_t lw, const T* add,
                                           int64_t la, T* out, int64_t lo, int64_t depth,
                                           int64_t n, const Term<T>& more) {
-  constexpr int64_t kVector = 64 / sizeof(T);
-  int64_t j0 =
-      row_tiles<T, R, kVectors * kVector>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
-  j0 = row_tiles<T, R, kVector>(v, lv, w, lw, add, la, out, lo, depth, more, j0, n);
+  int64_t j0 = row_tiles<T, R, kVectors>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
+  j0 = row_tiles<T, R, 1>(v, lv, w, lw, add, la, out, lo, depth, more, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
       T acc = add ? add[r * la + j0] : T(0);
@@ -144,12 +153,12 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
   }
 }
 
-// rows_times over `rows` rows: four at a time, then one; in panels of columns, each
+// rows_times over `rows` rows: kRows at a time, then four, then one; in panels of columns, each
 // panel over all the rows before the next, so that the panel's block of w (depth x 64
 // bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
-// not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors:
-// see rows_times.
-template <typename T, int kVectors = 4>
+// not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors
+// and kRows: see rows_times.
+template <typename T, int kVectors = kForwardVectors, int kRows = 4>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
                  int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
                  const Term<T>& more = Term<T>{}) {
@@ -158,6 +167,10 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
     const int64_t width = std::min(kPanel, n - j0);
     const T* plus = add ? add + j0 : nullptr;
     int64_t r = 0;
+    for (; r + kRows <= rows; r += kRows)
+      rows_times<T, kRows, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
+                                     la, out + r * lo + j0, lo, depth, width,
+                                     more.rows_from(r, j0));
     for (; r + 4 <= rows; r += 4)
       rows_times<T, 4, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
                                  la, out + r * lo + j0, lo, depth, width,
@@ -403,10 +416,21 @@ struct Grads {
 // are summed from them per block, the input's gradient per step.
 //
 // The backward's products (against W_h^T and W_x^T: depth G*u, u or inputs columns) in
-// tiles of two vectors: with four, the LSTM's training step at batch 32, T 500 ran ~1.4x
-// slower and the GRU's ~1.2x (an A/B of the whole step; two vectors is what they used
-// before the forward's tiles were widened).
-constexpr int kBackwardVectors = 2;
+// tiles of 8 rows by two vectors (16 sums): each step then reads W^T twice for a chunk
+// of 16 rows, not four times (4 rows), while the tile stays two vectors wide. In a
+// single-thread microbenchmark (16 rows, T 500, 64 units) the two products ran ~1.5x
+// faster than with 4-row tiles; 4 rows by four vectors came between. (The trial of
+// four vectors that made the training step slower, before the tiles were written in
+// vectors, met the auto-vectoriser's slow one-vector tiles at 32 inputs.)
+constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 4;
+
+// out = v w over `rows` rows (depth, n: as block_times) in the backward's tiles.
+template <typename T>
+void backward_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, T* out,
+                    int64_t lo, int64_t depth, int64_t n) {
+  block_times<T, kBackwardVectors, kBackwardRows>(rows, v, lv, w, lw, nullptr, 0, out, lo,
+                                                  depth, n);
+}
 
 template <typename T, int kAct>
 void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1, T* dw_h,
@@ -451,9 +475,7 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     if (L.cell == kGruBefore) {
-      block_times<T, kBackwardVectors>(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u,
-                                       static_cast<const T*>(nullptr), 0, product.data(), u,
-                                       u, u);
+      backward_times(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u, product.data(), u, u, u);
       for (int64_t r = 0; r < rows; ++r)
         if (m[r])
           gru_before_grads<T>(st + r * s, hp + r * u, product.data() + r * u, dh + r * u,
@@ -461,8 +483,7 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
     }
     // dh <- dU W_h^T (GRU: added to the direct paths); GRU reset_before: z and r only.
     const int64_t depth = L.cell == kGruBefore ? 2 * u : g;
-    block_times<T, kBackwardVectors>(rows, du, g, D.w_t, u, static_cast<const T*>(nullptr), 0,
-                                     product.data(), u, depth, u);
+    backward_times(rows, du, g, D.w_t, u, product.data(), u, depth, u);
     for (int64_t r = 0; r < rows; ++r) {
       if (!m[r]) continue;
       const T* prr = product.data() + r * u;
@@ -474,10 +495,8 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     // The input's gradient (masked rows: dX is zero there).
-    block_times<T, kBackwardVectors>(rows, dx, g, D.w_xt, L.inputs,
-                                     static_cast<const T*>(nullptr), 0,
-                                     D.dxs + (t * L.batch + b0) * L.inputs, L.inputs, g,
-                                     L.inputs);
+    backward_times(rows, dx, g, D.w_xt, L.inputs, D.dxs + (t * L.batch + b0) * L.inputs,
+                   L.inputs, g, L.inputs);
     block_h.push_back(hp);
     block_x.push_back(L.xs + (t * L.batch + b0) * L.inputs);
     block_d.push_back(dx);
@@ -580,6 +599,9 @@ ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::An
     using T = decltype(type);
     const Layer<T> L = layer_of<T>(cell, xs, w_x, b_in, w_h, b_rec, h0, c0, mask);
     T* kept = stash ? stash->typed_data<T>() : nullptr;
+    // The outputs this call writes in full: (time, batch, ...) arrays, megabytes.
+    if (stash) stackrnn::prefer_huge_pages(kept, stash->size_bytes());
+    if (sequences) stackrnn::prefer_huge_pages(hs->untyped_data(), hs->size_bytes());
     by_activation(activation, [&](auto code) {
       over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
         forward_rows<T, decltype(code)::value>(L, b0, b1, hs->typed_data<T>(),
@@ -665,6 +687,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x,
                with_dy ? dy.typed_data<T>() : nullptr, dh_last.typed_data<T>(),
                dc_last.typed_data<T>(), nullptr, nullptr, dxs->typed_data<T>(),
                dh0->typed_data<T>(), dc0->typed_data<T>()};
+    stackrnn::prefer_huge_pages(D.dxs, dxs->size_bytes());
     backward_typed<T>(pool, L, D, dw_h->typed_data<T>(), dw_x->typed_data<T>(),
                       db_in->typed_data<T>(), db_rec->typed_data<T>(), activation);
   });

@@ -195,6 +195,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer xw, ffi::AnyBuffer h0, f
   auto dims = xw.dimensions();
   const int64_t time = dims[0], batch = dims[1], units = dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
+  stackrnn::prefer_huge_pages(hs->untyped_data(), hs->size_bytes());
   return by_dtype(xw.element_type(), "simple_rnn", [&](auto type) {
     using T = decltype(type);
     over_rows(pool, batch, [&](int64_t b0, int64_t b1) {
@@ -240,6 +241,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer h0,
   }
   const int64_t inputs = x_dims[2];
   const bool* m = static_cast<const bool*>(mask.untyped_data());
+  stackrnn::prefer_huge_pages(da->untyped_data(), da->size_bytes());
   return by_dtype(hs.element_type(), "simple_rnn", [&](auto type) {
     using T = decltype(type);
     backward_typed<T>(pool, time, batch, units, inputs, hs.typed_data<T>(),

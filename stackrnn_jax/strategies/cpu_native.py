@@ -30,6 +30,11 @@ backward kernel runs the reverse loop, forms the input's gradient per step and s
 ``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
 ``(time, batch, gates*units)`` gradient array is written out).
 
+The kernels ask Linux for transparent huge pages on the large outputs they write in full
+(the states, the stash, the input's gradient): XLA allocates them anew per call, and
+under glibc's default settings their first writes otherwise fault in 4 KB pages one by
+one (``common.h``'s ``prefer_huge_pages``; a hint, inert where THP is off).
+
 What it covers: the three cells (tanh or relu) in float32 or float64, on the CPU
 backend, with masks, initial states, dropout between layers and both directions. Anything
 else — other dtypes, a GPU or TPU default backend, or a machine where the kernels cannot
