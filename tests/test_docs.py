@@ -146,7 +146,7 @@ def test_readme_accuracy_table_equals_the_summaries_it_cites():
         # The seed a run trained with (summaries before the "seed" key hold it in the config).
         results = [{**r, "seed": r["config"]["seed"]}
                    for r in json.loads(summary.read_text())["results"]]
-        preset = re.match(r"[\w-]+", row["preset"]).group(0)
+        preset = re.match(r"[\w+-]+", row["preset"]).group(0)  # a variant: preset+name
         strategy = re.search(r"`([^`]+)`", row["strategy"]).group(1)
         seeds = [int(seed) for seed in row["seeds"].split(",")]
         runs = [r for seed in seeds for r in results
