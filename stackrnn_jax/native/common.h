@@ -85,6 +85,11 @@ constexpr int kVectorBytes = 16, kRegisters = 32;
 constexpr int kVectorBytes = 16, kRegisters = 16;
 #endif
 
+// The forward's row matmuls keep 4 rows by this many vectors of sums in registers: four
+// where there are 32 registers, two where there are 16 (16 sums would leave none for the
+// operands).
+constexpr int kForwardVectors = kRegisters >= 32 ? 4 : 2;
+
 // A vector of T in one register (the GCC and Clang vector extension), for register tiles
 // that must stay vectorised along their columns: left to the auto-vectoriser, a tile one
 // vector wide was vectorised across its rows with shuffles and ran ~5x slower.

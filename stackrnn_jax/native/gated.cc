@@ -122,10 +122,6 @@ __attribute__((always_inline)) inline int64_t row_tiles(
   return j0;
 }
 
-// The forward's tiles: four vectors by 4 rows (see rows_times); two where the target
-// has 16 vector registers (16 sums would leave none for the operands).
-constexpr int kForwardVectors = stackrnn::kRegisters >= 32 ? 4 : 2;
-
 // For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
 // add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
 // null, or out itself: out += v w). Columns in tiles of kVectors vectors (64 bytes each
@@ -158,7 +154,7 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
 // bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
 // not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors
 // and kRows: see rows_times.
-template <typename T, int kVectors = kForwardVectors, int kRows = 4>
+template <typename T, int kVectors = stackrnn::kForwardVectors, int kRows = 4>
 void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
                  int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
                  const Term<T>& more = Term<T>{}) {

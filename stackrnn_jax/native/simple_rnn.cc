@@ -71,11 +71,10 @@ __attribute__((always_inline)) inline int64_t row_tiles(const T* __restrict v,
 }
 
 // For rows r < R: out = add + v @ w, w (n, n) row-major; add may be null (a plain
-// product). Columns in tiles of four vectors where there are 32 registers (AVX-512: 16
-// sums, as gated.cc; two vectors measured ~1.5x slower there) and of two where there are
-// 16 (AVX2: four rows of four vectors would not fit; two ran ~1.2x faster in a
-// single-thread microbenchmark of a 64-unit layer built with -march=haswell), then of
-// one vector, then one column at a time. Not inlined:
+// product). Columns in tiles of kForwardVectors vectors (common.h; with AVX-512 four, as
+// gated.cc: two measured ~1.5x slower there; with AVX2 two: four spilled, and two ran
+// ~1.2x faster in a single-thread microbenchmark of a 64-unit layer built with
+// -march=haswell), then of one vector, then one column at a time. Not inlined:
 // inlined into a loop whose rows share one array, the __restrict promises are lost and
 // the tile no longer stays in registers (2.5x slower).
 template <typename T, int R>
@@ -83,8 +82,7 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, const T* __rest
                                           const T* __restrict add, T* __restrict out,
                                           int64_t n) {
   constexpr int64_t kVector = stackrnn::kVectorBytes / sizeof(T);
-  constexpr int64_t kWide = (stackrnn::kRegisters >= 32 ? 4 : 2) * kVector;
-  int64_t j0 = row_tiles<T, R, kWide>(v, w, add, out, 0, n);
+  int64_t j0 = row_tiles<T, R, stackrnn::kForwardVectors * kVector>(v, w, add, out, 0, n);
   j0 = row_tiles<T, R, kVector>(v, w, add, out, j0, n);
   for (; j0 < n; ++j0) {
     for (int r = 0; r < R; ++r) {
