@@ -1,4 +1,5 @@
-"""The compiled CPU kernels (``simple_rnn.cc``, ``gated.cc``, sharing ``common.h``): built
+"""The compiled CPU kernels (``simple_rnn.cc``, ``gated.cc``, sharing ``common.h`` and
+``row_matmul.h``): built
 on first use into one library, cached, registered.
 
 The library ships C++ source, not binaries: the first call compiles it with the
@@ -30,7 +31,7 @@ import warnings
 from pathlib import Path
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("simple_rnn.cc", "gated.cc"))
-HEADERS = (Path(__file__).with_name("common.h"),)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("common.h", "row_matmul.h"))
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"stackrnn_simple_forward": "StackrnnSimpleForward",
            "stackrnn_simple_backward": "StackrnnSimpleBackward",

@@ -36,16 +36,19 @@
 #include <vector>
 
 #include "common.h"
+#include "row_matmul.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
 using stackrnn::add_transposed_products;
+using stackrnn::block_times;
 using stackrnn::by_dtype;
 using stackrnn::over_rows;
 using stackrnn::sigmoid_of;
 using stackrnn::tanh_of;
+using stackrnn::Term;
 
 // kSimple: the SimpleRNN's inference (its training runs in simple_rnn.cc), here so that
 // its input term is formed per step too.
@@ -65,117 +68,6 @@ template <int kAct, typename T>
 inline T act_grad(T y) {
   if constexpr (kAct == 0) return T(1) - y * y;
   return y > T(0) ? T(1) : T(0);
-}
-
-// A second product a row matmul may add, v (rows lv apart) times w (depth rows, lw
-// apart): the recurrent term h W_h summed with the input term x W_x in one pass over
-// the gates' row, whose sums stay in registers. depth 0: none.
-template <typename T>
-struct Term {
-  const T* v = nullptr;
-  int64_t lv = 0;
-  const T* w = nullptr;
-  int64_t lw = 0, depth = 0;
-  // The same term from row r and column j0 on.
-  Term rows_from(int64_t r, int64_t j0) const {
-    return depth ? Term{v + r * lv, lv, w + j0, lw, depth} : Term{};
-  }
-};
-
-// For rows r < R, columns [j0, n) in tiles of kV vectors: out[r, j] = add[r, j] + sum_{k
-// < depth} v[r, k] w[k, j]; returns the first column not done (less than a tile left).
-// Each tile's R x kV vectors of sums stay in registers across the k loop, so that each
-// loaded tile of w serves R rows and each broadcast v[r, k] serves the tile's columns.
-template <typename T, int R, int kV>
-__attribute__((always_inline)) inline int64_t row_tiles(
-    const T* __restrict v, int64_t lv, const T* __restrict w, int64_t lw, const T* add,
-    int64_t la, T* out, int64_t lo, int64_t depth, const Term<T>& more, int64_t j0,
-    int64_t n) {
-  using V = stackrnn::vec_t<T>;
-  constexpr int64_t kVector = sizeof(V) / sizeof(T), kTile = kV * kVector;
-  for (; j0 + kTile <= n; j0 += kTile) {
-    V acc[R][kV];
-    for (int r = 0; r < R; ++r)
-      for (int q = 0; q < kV; ++q)
-        acc[r][q] = add ? stackrnn::load_vector(add + r * la + j0 + q * kVector) : V{};
-    for (int64_t k = 0; k < depth; ++k) {
-      V wk[kV];
-      for (int q = 0; q < kV; ++q) wk[q] = stackrnn::load_vector(w + k * lw + j0 + q * kVector);
-      for (int r = 0; r < R; ++r) {
-        const T a = v[r * lv + k];
-        for (int q = 0; q < kV; ++q) acc[r][q] += a * wk[q];
-      }
-    }
-    for (int64_t k = 0; k < more.depth; ++k) {
-      V wk[kV];
-      for (int q = 0; q < kV; ++q)
-        wk[q] = stackrnn::load_vector(more.w + k * more.lw + j0 + q * kVector);
-      for (int r = 0; r < R; ++r) {
-        const T a = more.v[r * more.lv + k];
-        for (int q = 0; q < kV; ++q) acc[r][q] += a * wk[q];
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int q = 0; q < kV; ++q)
-        stackrnn::store_vector(out + r * lo + j0 + q * kVector, acc[r][q]);
-  }
-  return j0;
-}
-
-// For rows r < R: out[r, j] = add[r, j] + sum_{k < depth} v[r, k] w[k, j], j < n; v, w,
-// add, out rows lv, lw, la, lo apart (la = 0: one row added to every row; add may be
-// null, or out itself: out += v w). Columns in tiles of kVectors vectors (64 bytes each
-// with AVX-512), then of one vector, then one by one. The forward's products use 4 rows
-// by four vectors (16 sums in registers: the FMA units' latency is covered and a tile's
-// loads are a quarter of its FMAs; two vectors, 8 sums, measured ~1.3x slower there);
-// the backward's 8 rows by two (see kBackwardVectors). Not inlined (see simple_rnn.cc:
-// inlined, the tile left the registers). add and out are not __restrict: they may be one
-// array, and out is written only after the k loop.
-template <typename T, int R, int kVectors>
-__attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
-                                          const T* __restrict w, int64_t lw, const T* add,
-                                          int64_t la, T* out, int64_t lo, int64_t depth,
-                                          int64_t n, const Term<T>& more) {
-  int64_t j0 = row_tiles<T, R, kVectors>(v, lv, w, lw, add, la, out, lo, depth, more, 0, n);
-  j0 = row_tiles<T, R, 1>(v, lv, w, lw, add, la, out, lo, depth, more, j0, n);
-  for (; j0 < n; ++j0) {
-    for (int r = 0; r < R; ++r) {
-      T acc = add ? add[r * la + j0] : T(0);
-      for (int64_t k = 0; k < depth; ++k) acc += v[r * lv + k] * w[k * lw + j0];
-      for (int64_t k = 0; k < more.depth; ++k)
-        acc += more.v[r * more.lv + k] * more.w[k * more.lw + j0];
-      out[r * lo + j0] = acc;
-    }
-  }
-}
-
-// rows_times over `rows` rows: kRows at a time, then four, then one; in panels of columns, each
-// panel over all the rows before the next, so that the panel's block of w (depth x 64
-// bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
-// not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors
-// and kRows: see rows_times.
-template <typename T, int kVectors = stackrnn::kForwardVectors, int kRows = 4>
-void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
-                 int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
-                 const Term<T>& more = Term<T>{}) {
-  constexpr int64_t kPanel = 256 / sizeof(T);
-  for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
-    const int64_t width = std::min(kPanel, n - j0);
-    const T* plus = add ? add + j0 : nullptr;
-    int64_t r = 0;
-    for (; r + kRows <= rows; r += kRows)
-      rows_times<T, kRows, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
-                                     la, out + r * lo + j0, lo, depth, width,
-                                     more.rows_from(r, j0));
-    for (; r + 4 <= rows; r += 4)
-      rows_times<T, 4, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
-                                 la, out + r * lo + j0, lo, depth, width,
-                                 more.rows_from(r, j0));
-    for (; r < rows; ++r)
-      rows_times<T, 1, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
-                                 la, out + r * lo + j0, lo, depth, width,
-                                 more.rows_from(r, j0));
-  }
 }
 
 // The gates of one row, elementwise. Each its own function with __restrict arguments:
@@ -418,7 +310,8 @@ struct Grads {
 // faster than with 4-row tiles; 4 rows by four vectors came between. (The trial of
 // four vectors that made the training step slower, before the tiles were written in
 // vectors, met the auto-vectoriser's slow one-vector tiles at 32 inputs.)
-constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 4;
+// With AVX2's 16 registers, 6 rows by two vectors (12 sums: see add_transposed_products).
+constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 6;
 
 // out = v w over `rows` rows (depth, n: as block_times) in the backward's tiles.
 template <typename T>

@@ -19,17 +19,24 @@
 // Shapes: xw, hs, dy, da (time, batch, units); xs (time, batch, inputs); h0, dh (batch,
 // units); W (units, units); dW_x (inputs, units); mask (time, batch) bool. Row-major.
 // activation: 0 tanh, 1 relu.
+//
+// The step's products are row_matmul.h's register tiles, as gated.cc's. (This file had
+// its own tiles of plain arrays, left to the auto-vectoriser: with AVX-512 they were as
+// fast, with AVX2 it vectorised them across rows with shuffles and a 2x64 train step at
+// batch 32, T 500 took 85 ms instead of 31.)
 
 #include <mutex>
 #include <vector>
 
 #include "common.h"
+#include "row_matmul.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
 using stackrnn::add_transposed_products;
+using stackrnn::block_times;
 using stackrnn::by_dtype;
 using stackrnn::over_rows;
 using stackrnn::tanh_of;
@@ -43,67 +50,6 @@ void activate(T* row, int64_t n, int64_t activation) {
   }
 }
 
-// For rows r < R (each n apart), columns [j0, n) in tiles of kTile: out[r, j] = add[r, j]
-// + sum_k v[r, k] * w[k, j]; returns the first column not done (fewer than kTile left).
-// The tile's R x kTile sums stay in registers across the k loop, so that each loaded
-// tile of w serves R rows.
-template <typename T, int R, int64_t kTile>
-__attribute__((always_inline)) inline int64_t row_tiles(const T* __restrict v,
-                                                        const T* __restrict w,
-                                                        const T* __restrict add,
-                                                        T* __restrict out, int64_t j0,
-                                                        int64_t n) {
-  for (; j0 + kTile <= n; j0 += kTile) {
-    T acc[R][kTile];
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kTile; ++j) acc[r][j] = add ? add[r * n + j0 + j] : T(0);
-    for (int64_t k = 0; k < n; ++k) {
-      const T* __restrict wk = w + k * n + j0;
-      for (int r = 0; r < R; ++r) {
-        const T a = v[r * n + k];
-        for (int64_t j = 0; j < kTile; ++j) acc[r][j] += a * wk[j];
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < kTile; ++j) out[r * n + j0 + j] = acc[r][j];
-  }
-  return j0;
-}
-
-// For rows r < R: out = add + v @ w, w (n, n) row-major; add may be null (a plain
-// product). Columns in tiles of kForwardVectors vectors (common.h; with AVX-512 four, as
-// gated.cc: two measured ~1.5x slower there; with AVX2 two: four spilled, and two ran
-// ~1.2x faster in a single-thread microbenchmark of a 64-unit layer built with
-// -march=haswell), then of one vector, then one column at a time. Not inlined:
-// inlined into a loop whose rows share one array, the __restrict promises are lost and
-// the tile no longer stays in registers (2.5x slower).
-template <typename T, int R>
-__attribute__((noinline)) void rows_times(const T* __restrict v, const T* __restrict w,
-                                          const T* __restrict add, T* __restrict out,
-                                          int64_t n) {
-  constexpr int64_t kVector = stackrnn::kVectorBytes / sizeof(T);
-  int64_t j0 = row_tiles<T, R, stackrnn::kForwardVectors * kVector>(v, w, add, out, 0, n);
-  j0 = row_tiles<T, R, kVector>(v, w, add, out, j0, n);
-  for (; j0 < n; ++j0) {
-    for (int r = 0; r < R; ++r) {
-      T acc = add ? add[r * n + j0] : T(0);
-      for (int64_t k = 0; k < n; ++k) acc += v[r * n + k] * w[k * n + j0];
-      out[r * n + j0] = acc;
-    }
-  }
-}
-
-// Rows [b0, b1) of out = add + v @ w (add may be null), all of them n apart: four at a
-// time, then one.
-template <typename T>
-void block_times(int64_t b0, int64_t b1, const T* v, const T* w, const T* add, T* out,
-                 int64_t n) {
-  auto row = [&](int64_t b) { return add ? add + b * n : nullptr; };
-  int64_t b = b0;
-  for (; b + 4 <= b1; b += 4) rows_times<T, 4>(v + b * n, w, row(b), out + b * n, n);
-  for (; b < b1; ++b) rows_times<T, 1>(v + b * n, w, row(b), out + b * n, n);
-}
-
 template <typename T>
 void forward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t units,
                   const T* xw, const T* h0, const T* w, const bool* mask, int64_t activation,
@@ -112,7 +58,8 @@ void forward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t u
   for (int64_t t = 0; t < time; ++t) {
     const T* before = t == 0 ? h0 : hs + (t - 1) * step;
     T* now = hs + t * step;
-    block_times(b0, b1, before, w, xw + t * step, now, units);
+    block_times(b1 - b0, before + b0 * units, units, w, units, xw + t * step + b0 * units,
+                units, now + b0 * units, units, units, units);
     activate(now + b0 * units, (b1 - b0) * units, activation);
     for (int64_t b = b0; b < b1; ++b) {
       if (!mask[t * batch + b]) {
@@ -155,7 +102,8 @@ void backward_rows(int64_t b0, int64_t b1, int64_t time, int64_t batch, int64_t 
         for (int64_t j = 0; j < units; ++j) d_row[j] = h[j] > T(0) ? d_row[j] : T(0);
       }
     }
-    block_times<T>(b0, b1, d, w_t, nullptr, product.data(), units);
+    block_times(b1 - b0, d + b0 * units, units, w_t, units, static_cast<const T*>(nullptr), 0,
+                product.data() + b0 * units, units, units, units);
     for (int64_t b = b0; b < b1; ++b) {  // a masked step passes dh through
       if (mask[t * batch + b]) {
         std::copy(product.data() + b * units, product.data() + (b + 1) * units, dh + b * units);
