@@ -1,6 +1,5 @@
 """The compiled CPU kernels (``simple_rnn.cc``, ``gated.cc``, sharing ``common.h`` and
-``row_matmul.h``): built
-on first use into one library, cached, registered.
+``row_matmul.h``): built on first use into one library, cached, registered.
 
 The library ships C++ source, not binaries: the first call compiles it with the
 machine's C++ compiler (``$CXX``, else ``c++``) against the XLA FFI headers that come
