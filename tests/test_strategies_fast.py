@@ -269,7 +269,10 @@ SAME_RUN_SPREAD = 1.25
 @pytest.mark.parametrize("results, part", [
     ("gpu/results.json", "train"), ("results.json", "train"),
     ("cpu-fast/rules-infer-b32-t100/results.json", "forward"),
-    ("cpu-fast/rules-infer-b256-t500/results.json", "forward")])
+    ("cpu-fast/rules-infer-b256-t500/results.json", "forward"),
+    ("cpu-avx2/rules-infer-b32-t100/results.json", "forward"),
+    ("cpu-avx2/rules-infer-b256-t500/results.json", "forward"),
+    ("cpu-avx2/rules-train-b32-t500/results.json", "train")])
 def test_auto_picks_the_fastest_variant_each_benchmark_measured(results, part):
     """At every workload a benchmark run measured, the variant ``auto`` chooses (strategy
     and unroll) has the fastest train step there (``part`` "train"; inference runs:
