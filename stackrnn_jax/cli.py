@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("batch_size", type=int)
     flag("epochs", type=int)
     flag("learning_rate", "--lr", type=float)
+    flag("weight_decay", type=float, help="AdamW's decoupled weight decay (0: plain Adam)")
     flag("schedule", choices=SCHEDULES, help="learning-rate schedule after the warmup")
     flag("warmup_steps", type=int, help="linear warmup steps (0: none)")
     flag("clip_norm", type=float, help="global-norm gradient clipping (0: none)")

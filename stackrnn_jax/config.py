@@ -58,6 +58,7 @@ class TrainConfig:
     batch_size: int = 32
     epochs: int = 5
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay (per step: lr * this * weight)
     schedule: str = "constant"
     warmup_steps: int = 0
     clip_norm: float = 0.0  # 0 = no clipping
@@ -101,6 +102,9 @@ class TrainConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a fraction in (0, 1), "
                              f"got {self.val_fraction}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: expected >= 0 (0: plain Adam), "
+                             f"got {self.weight_decay}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
         if (self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0

@@ -85,8 +85,11 @@ def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
 
 
 def create_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Adam on the schedule, after global-norm clipping when ``clip_norm > 0``."""
-    adam = optax.adam(learning_rate(config, total_steps))
+    """Adam on the schedule (AdamW when ``weight_decay > 0``), after global-norm clipping
+    when ``clip_norm > 0``."""
+    schedule = learning_rate(config, total_steps)
+    adam = (optax.adamw(schedule, weight_decay=config.weight_decay) if config.weight_decay
+            else optax.adam(schedule))
     if not config.clip_norm:
         return adam
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)

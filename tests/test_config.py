@@ -78,6 +78,7 @@ def test_missing_config_file(tmp_path):
     ({"val_fraction": 0.0}, "val_fraction"),
     ({"val_split": "title"}, "val_split: expected one of random, movie"),
     ({"learning_rate": -1.0}, "learning_rate"),
+    ({"weight_decay": -0.01}, "weight_decay: expected >= 0"),
     ({"num_words": 3}, "num_words"),
 ])
 def test_invalid_values(changes, message):

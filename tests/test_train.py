@@ -120,6 +120,17 @@ def test_clipping_bounds_the_gradient_adam_sees(clip_norm, seen_norm):
     assert float(optax.tree.norm(first_moment)) == pytest.approx(0.1 * seen_norm, rel=1e-6)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_weight_decay_shrinks_the_weights_by_lr_times_decay(weight_decay):
+    """With a zero gradient Adam's step is zero, so AdamW's step is the decay alone:
+    -lr * weight_decay * w (lr 1e-2, constant)."""
+    optimizer = create_optimizer(TRAIN_CONFIG.replace(weight_decay=weight_decay), 100)
+    params = {"w": jnp.array([1.0, -2.0, 4.0])}
+    updates, _ = optimizer.update({"w": jnp.zeros(3)}, optimizer.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), -1e-2 * weight_decay * params["w"],
+                               rtol=1e-6)
+
+
 def test_workdir_with_another_config_is_refused(tmp_path):
     run_dir.prepare(tmp_path / "w", TRAIN_CONFIG)
     (tmp_path / "w" / run_dir.TRAIN_STATE / "3").mkdir(parents=True)  # a checkpoint: a run
