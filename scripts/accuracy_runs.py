@@ -31,7 +31,7 @@ from stackrnn_jax.config import PRESETS, resolve
 from stackrnn_jax.predict import evaluate_run, load_run
 from stackrnn_jax.train import train_and_evaluate
 
-DEFAULT_PRESETS = ("simple-best", "gru-best", "lstm-best", "tutorial")
+DEFAULT_PRESETS = ("simple-best", "gru-best", "bigru-best", "lstm-best", "tutorial")
 # Named changes of a preset's config, for ablations ("preset": the preset as it is).
 VARIANTS = {
     "preset": {},

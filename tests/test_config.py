@@ -25,7 +25,8 @@ def test_every_preset_is_valid_and_round_trips(name):
 
 
 def test_best_presets_use_their_cell_and_the_same_stack_shape():
-    for name, cell in (("simple-best", "simple"), ("lstm-best", "lstm"), ("gru-best", "gru")):
+    for name, cell in (("simple-best", "simple"), ("lstm-best", "lstm"), ("gru-best", "gru"),
+                       ("bigru-best", "gru")):
         config = preset(name)
         assert (config.cell, config.layers, config.units) == (cell, 2, 64)
         assert config.mask  # the recipes rely on masking by true length
