@@ -25,9 +25,10 @@ namespace ffi = xla::ffi;
 
 // e^x = 2^n e^r with |r| <= ln2/2 and a Taylor polynomial for e^r (to r^7 in float32,
 // r^13 in float64: relative error below each type's resolution); x is clamped where the
-// result would leave the type's normal range. Branch-free and without floor() (which GCC
-// does not vectorise without -fno-trapping-math), so that the loops over a row vectorise;
-// std::exp and std::tanh are scalar and took ~8x longer here.
+// result would leave the type's normal range. Branch-free and without floor(), so that the
+// loops over a row vectorise; std::exp and std::tanh are scalar and took ~8x longer here.
+// On a target without AVX-512, GCC 12 vectorises these loops only with -fno-trapping-math
+// (the clamps and the float-to-integer conversion "might trap"): native/__init__.py's FLAGS.
 template <typename T> struct ExpConstants;
 template <> struct ExpConstants<float> {
   using Bits = int32_t;
