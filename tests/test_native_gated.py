@@ -130,7 +130,7 @@ def test_final_state_only_inference_matches_the_reference(cell, reset_after, pad
     pytest.param("gru", True, "pre", "tanh", marks=SLOW),
     pytest.param("gru", False, "post", "relu", marks=SLOW)])
 def test_float64_matches_the_reference_and_scan(cell, reset_after, padding, activation):
-    """batch 9 -> thread chunks of 4 and 5 rows (a 4-row block and a single row); units
+    """batch 9 -> thread chunks of 4 and 5 rows (one row tile each); units
     21 and 13 -> float64 column tiles of 16 plus tail columns in every gate block; some
     rows masked, one empty; initial states; outputs, every final state, gradients of the
     weights, the input and the initial states."""
@@ -192,6 +192,29 @@ def test_float32_partial_tiles_match_the_reference_and_scan(cell, reset_after):
             return jnp.sum(jnp.sin(stacked_rnn(p, x, strategy=strategy, **kw)))
         return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
     assert _max_error(grad("cpu_native"), grad("scan")) < 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])
+def test_every_row_tile_size_matches_the_reference_and_scan(batch):
+    """The row matmuls split a chunk's rows into near-equal tiles of up to 6 (AVX2) or 4
+    (AVX-512) rows, and the weight gradients' output rows likewise; the other tests' batch
+    sizes (9, 13, 32) leave tiles of 3 to 6 rows. Batches 1, 2 and 7 (one chunk: tiles
+    of 1, 2, and 3 + 4 rows); 11 inputs and 17 units: weight-gradient blocks of 5 + 6
+    and 5 + 6 + 6 rows (AVX2). float64, masked rows, outputs against the reference and
+    gradients against scan."""
+    with jax.enable_x64(True):
+        params = _params("lstm", True, 11, [17, 17], jnp.float64)
+        x = jax.random.normal(jax.random.key(5), (batch, 6, 11), jnp.float64)
+        kw = dict(cell="lstm", lengths=np.array([6, 2, 0, 6, 5, 1, 4][:batch]),
+                  return_sequences=True)
+        ours = jax.jit(lambda p, x: stacked_rnn(p, x, strategy="cpu_native", **kw))(params, x)
+        assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-10
+
+        def grad(strategy):
+            def loss(p, x):
+                return jnp.sum(jnp.sin(stacked_rnn(p, x, strategy=strategy, **kw)))
+            return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
 
 
 @pytest.mark.parametrize("cell,reset_after", [

@@ -95,11 +95,27 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
   }
 }
 
-// rows_times over `rows` rows: kRows at a time, then four, then one; in panels of columns, each
-// panel over all the rows before the next, so that the panel's block of w (depth x 64
-// bytes x 4) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
-// not fit in it: row-major, rows_times re-read W from L2 for every four rows). kVectors
-// and kRows: see rows_times.
+// rows_times for a tile of R rows, R in [1, kMaxRows], chosen at run time.
+template <typename T, int kVectors, int kMaxRows>
+void tile_times(int R, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
+                int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
+                const Term<T>& more) {
+  if constexpr (kMaxRows > 1) {
+    if (R < kMaxRows)
+      return tile_times<T, kVectors, kMaxRows - 1>(R, v, lv, w, lw, add, la, out, lo, depth,
+                                                   n, more);
+  }
+  rows_times<T, kMaxRows, kVectors>(v, lv, w, lw, add, la, out, lo, depth, n, more);
+}
+
+// rows_times over `rows` rows in as few tiles of at most kRows rows as cover them, of
+// sizes as equal as can be: 16 rows in 6-row tiles go as 6, 5, 5 (10 or more sums in
+// registers each), not 6, 6, 4 (the 4-row tile's 8 sums, the FMAs' latency uncovered,
+// took a third of the product's time for a quarter of its rows). In panels of columns,
+// each panel over all the rows before the next, so that the panel's block of w (depth x
+// 256 bytes) stays in L1 across the rows (a whole W of 64 units x 4 gates, 64 KB, does
+// not fit in it: row-major, rows_times re-read W from L2 for every tile). kVectors and
+// kRows: see rows_times.
 // With AVX2's 16 registers, 6 rows by two vectors (12 sums, as add_transposed_products):
 // in a single-thread microbenchmark of a 16-row chunk's LSTM step (2-core AMD EPYC),
 // 4 rows ran at 23 GFLOP/s and 6 at 36-42.
@@ -108,22 +124,17 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
                  int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
                  const Term<T>& more = Term<T>{}) {
   constexpr int64_t kPanel = 256 / sizeof(T);
+  const int64_t tiles = (rows + kRows - 1) / kRows;
   for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
     const int64_t width = std::min(kPanel, n - j0);
     const T* plus = add ? add + j0 : nullptr;
-    int64_t r = 0;
-    for (; r + kRows <= rows; r += kRows)
-      rows_times<T, kRows, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
-                                     la, out + r * lo + j0, lo, depth, width,
-                                     more.rows_from(r, j0));
-    for (; r + 4 <= rows; r += 4)
-      rows_times<T, 4, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
-                                 la, out + r * lo + j0, lo, depth, width,
-                                 more.rows_from(r, j0));
-    for (; r < rows; ++r)
-      rows_times<T, 1, kVectors>(v + r * lv, lv, w + j0, lw, plus ? plus + r * la : nullptr,
-                                 la, out + r * lo + j0, lo, depth, width,
-                                 more.rows_from(r, j0));
+    for (int64_t i = 0, r = 0; i < tiles; ++i) {
+      const int64_t next = rows * (i + 1) / tiles;
+      tile_times<T, kVectors, kRows>(static_cast<int>(next - r), v + r * lv, lv, w + j0, lw,
+                                     plus ? plus + r * la : nullptr, la, out + r * lo + j0,
+                                     lo, depth, width, more.rows_from(r, j0));
+      r = next;
+    }
   }
 }
 
