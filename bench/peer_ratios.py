@@ -6,6 +6,11 @@ For every workload and part (forward, train step) in the files: our variant's me
 (and its min-max), each peer's median, the fastest peer and ``peer ÷ ours`` (above 1:
 ours is faster). Each file's machine line and command head its rows, so a table never
 mixes runs without saying so.
+
+Files whose commands differ only in ``--out`` and ``--note`` are rounds of one run (on a
+noisy machine: the same runs repeated, each implementation in a fresh process every
+round): they make one table, each figure the median of the rounds' medians with the
+rounds' range, and the ratio's range over the rounds beside it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 from pathlib import Path
 
 from bench.machine import machine_line
@@ -25,47 +31,103 @@ def _ms(part: dict) -> str:
             f"n {part['repeats']})")
 
 
-def rows(result: dict, variant: str) -> list[str]:
-    """Markdown table rows of one results file."""
-    by_workload: dict = {}
-    for e in result["entries"]:
-        if e["status"] == "ok":
-            key = tuple(sorted(e["workload"].items()))
-            by_workload.setdefault(key, []).append(e)
+def _pooled(parts: list[dict]) -> dict:
+    """One part's timing over rounds: the median of the rounds' medians, their range and
+    how many rounds; a single round stays as it is (its timed calls' range)."""
+    if len(parts) == 1:
+        return parts[0]
+    medians = [p["median_s"] for p in parts]
+    return {"median_s": statistics.median(medians), "min_s": min(medians),
+            "max_s": max(medians), "repeats": len(parts), "rounds": True}
+
+
+def _ms_pooled(part: dict) -> str:
+    if not part.get("rounds"):
+        return _ms(part)
+    return (f"{1e3 * part['median_s']:.1f} ({1e3 * part['min_s']:.1f}-{1e3 * part['max_s']:.1f}, "
+            f"{part['repeats']} rounds)")
+
+
+def _by_workload(results: list[dict]) -> dict:
+    """{workload key: {(kind, impl, variant): [entry of each round]}}, ok entries only."""
+    table: dict = {}
+    for result in results:
+        for e in result["entries"]:
+            if e["status"] == "ok":
+                key = tuple(sorted(e["workload"].items()))
+                table.setdefault(key, {}).setdefault((e["kind"], e["impl"], e["variant"]),
+                                                     []).append(e)
+    return table
+
+
+def rows(results: dict | list[dict], variant: str) -> list[str]:
+    """Markdown table rows of one results file, or of several rounds of one run."""
+    results = [results] if isinstance(results, dict) else results
     out = []
-    for key, entries in by_workload.items():
+    for key, runs in _by_workload(results).items():
         w = dict(key)
-        ours = next((e for e in entries if e["kind"] == "ours" and e["variant"] == variant), None)
-        peers = [e for e in entries if e["kind"] == "peer"]
+        ours = runs.get(("ours", "stackrnn_jax", variant))
+        peers = {impl: entries for (kind, impl, _), entries in runs.items() if kind == "peer"}
         for part in ("train", "forward"):
-            if ours is None or not ours.get(part):
+            if not ours or not all(e.get(part) for e in ours):
                 continue
-            timed = [p for p in peers if p.get(part)]
+            timed = {impl: _pooled([e[part] for e in entries])
+                     for impl, entries in peers.items() if all(e.get(part) for e in entries)}
             if not timed:
                 continue
-            best = min(timed, key=lambda p: p[part]["median_s"])
-            each = ", ".join(f"{PEER_NAMES.get(p['impl'], p['impl'])} "
-                             f"{1e3 * p[part]['median_s']:.1f}" for p in timed)
-            ratio = best[part]["median_s"] / ours[part]["median_s"]
+            mine = _pooled([e[part] for e in ours])
+            best = min(timed, key=lambda impl: timed[impl]["median_s"])
+            each = ", ".join(f"{PEER_NAMES.get(impl, impl)} {1e3 * t['median_s']:.1f}"
+                             for impl, t in timed.items())
+            ratio = f"{timed[best]['median_s'] / mine['median_s']:.2f}x"
+            if len(ours) > 1 and len(ours) == len(peers[best]):
+                per_round = [b[part]["median_s"] / o[part]["median_s"]
+                             for o, b in zip(ours, peers[best], strict=True)]
+                ratio += f" ({min(per_round):.2f}-{max(per_round):.2f}x)"
             label = "train step" if part == "train" else "inference"
-            out.append(f"| {w['cell']} | {label} | {w['B']} | {w['T']} | {_ms(ours[part])} | "
-                       f"{each} | {PEER_NAMES.get(best['impl'], best['impl'])} "
-                       f"{_ms(best[part])} | {ratio:.2f}x |")
+            out.append(f"| {w['cell']} | {label} | {w['B']} | {w['T']} | {_ms_pooled(mine)} | "
+                       f"{each} | {PEER_NAMES.get(best, best)} {_ms_pooled(timed[best])} | "
+                       f"{ratio} |")
     return out
+
+
+def _run_key(argv: list[str]) -> tuple[str, ...]:
+    """A bench.run command without its --out and --note: what makes files rounds of one run."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--note"):
+            skip = True
+        elif not arg.startswith(("--out=", "--note=")):
+            kept.append(arg)
+    return tuple(kept)
 
 
 def markdown(paths: list[Path], variant: str) -> str:
     parts = [f"Ours (`{variant}`) against the fastest peer; ms per call, median (min-max, "
-             f"timed calls); ratio = fastest peer ÷ ours (above 1: ours faster).", "",
+             f"timed calls; over several rounds of one run: the median of the rounds' "
+             f"medians and their range); ratio = fastest peer ÷ ours (above 1: ours faster; "
+             f"over rounds, each round's ratio's range beside it).", "",
              f"Command: `python -m bench.peer_ratios {shlex.join(map(str, paths))} "
              f"--variant {variant}`", ""]
+    runs: dict[tuple[str, ...], list[tuple[Path, dict]]] = {}
     for path in paths:
         result = json.loads(path.read_text())
-        command = " ".join(["python -m bench.run", shlex.join(result["config"]["argv"])])
-        parts += [f"### {path}", "", f"Machine: {machine_line(result['machine'])}", "",
-                  f"Command: `{command}`", "",
+        runs.setdefault(_run_key(result["config"]["argv"]), []).append((path, result))
+    for rounds in runs.values():
+        first = rounds[0][1]
+        command = " ".join(["python -m bench.run", shlex.join(first["config"]["argv"])])
+        title = str(rounds[0][0]) + (f" and {len(rounds) - 1} more rounds" if len(rounds) > 1
+                                     else "")
+        machines = [f"Machine: {machine_line(result['machine'])}" for _, result in rounds]
+        parts += [f"### {title}", "", *[m for line in machines for m in (line, "")]]
+        if len(rounds) > 1:
+            parts += ["Rounds: " + ", ".join(str(path) for path, _ in rounds), ""]
+        parts += [f"Command: `{command}`", "",
                   "| cell | part | batch | T | ours ms | peers ms (median) | fastest peer ms | "
-                  "peer ÷ ours |", "|---|---|---|---|---|---|---|---|", *rows(result, variant), ""]
+                  "peer ÷ ours |", "|---|---|---|---|---|---|---|---|",
+                  *rows([result for _, result in rounds], variant), ""]
     return "\n".join(parts)
 
 

@@ -46,6 +46,31 @@ def test_ratio_is_the_fastest_peer_over_ours(tmp_path):
     assert rows[0].endswith("| Flax 150.0 (135.0-180.0, n 3) | 1.50x |")
 
 
+def test_rounds_of_one_run_make_one_table(tmp_path):
+    """Three files whose commands differ only in --out and --note: one table, each figure
+    the median of the rounds' medians with their range, each round's ratio's range."""
+    paths = []
+    for n, (ours, flax) in enumerate([(0.100, 0.150), (0.120, 0.150), (0.080, 0.200)]):
+        result = {"machine": MACHINE, "entries": [
+            _entry("ours", "stackrnn_jax", "auto", ours), _entry("peer", "flax_linen",
+                                                                 "flax_linen", flax)],
+            "config": {"argv": ["--forward-only", "--out", f"r{n}", "--note", f"load {n}"]}}
+        paths.append(tmp_path / f"r{n}.json")
+        paths[-1].write_text(json.dumps(result))
+    other = tmp_path / "other.json"  # another run (its command differs): its own table
+    other.write_text(json.dumps({"machine": MACHINE, "config": {"argv": ["--base", "T=100"]},
+                                 "entries": [_entry("ours", "stackrnn_jax", "auto", 0.1),
+                                             _entry("peer", "keras", "keras", 0.1)]}))
+    out = tmp_path / "tables.md"
+    peer_ratios.main([*map(str, paths), str(other), "--out", str(out)])
+    text = out.read_text()
+    assert text.count("### ") == 2 and "r0.json and 2 more rounds" in text
+    rows = [line for line in text.splitlines() if line.startswith("| lstm")]
+    assert rows[0] == ("| lstm | inference | 256 | 500 | 100.0 (80.0-120.0, 3 rounds) | "
+                       "Flax 150.0 | Flax 150.0 (150.0-200.0, 3 rounds) | 1.50x (1.25-2.50x) |")
+    assert rows[1].endswith("| 1.00x |")
+
+
 def test_missing_results_file_is_one_line(tmp_path):
     with pytest.raises(SystemExit,
                        match=r"^peer_ratios: no such results file: .*run python -m bench.run"):
