@@ -42,6 +42,7 @@ class TrainConfig:
     pooling: str = "last"  # the head reads the last state, or the masked max / mean over time
     embed_dropout: float = 0.0
     word_dropout: float = 0.0  # drops whole words: all of a token's embedding at once
+    bigram_buckets: int = 0  # > 0: each token's embedding + its pair's (hashed into this many)
     # Data: a num_words vocabulary, reviews cut/padded to maxlen ids.
     num_words: int = 10_000
     maxlen: int = 500
@@ -108,9 +109,9 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
         if (self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0
-                or self.bucket_width < 0):
-            raise ValueError("clip_norm, warmup_steps, checkpoint_every and bucket_width: "
-                             "expected >= 0 (0 turns them off)")
+                or self.bucket_width < 0 or self.bigram_buckets < 0):
+            raise ValueError("clip_norm, warmup_steps, checkpoint_every, bucket_width and "
+                             "bigram_buckets: expected >= 0 (0 turns them off)")
         if self.bucket_width and not self.mask:
             # Without true lengths the padding steps are computed, so cutting them would
             # change the numbers.

@@ -18,6 +18,19 @@ from stackrnn_jax.stack import init_params, pool_over_time, stacked_rnn
 POOLINGS = ("last", "max", "mean")
 
 
+def bigram_ids(ids, buckets: int):
+    """``ids (batch, time)`` -> ``(batch, time)`` int32 in ``[0, buckets)``: a hash of each
+    token's pair with the token before it (the first column's with the padding id 0).
+    The same pair gives the same id wherever it stands; distinct pairs share an id only
+    by collision (a fixed multiplicative hash, so a trained table stays valid)."""
+    ids = jnp.asarray(ids).astype(jnp.uint32)
+    before = jnp.pad(ids[:, :-1], ((0, 0), (1, 0)))
+    h = before * jnp.uint32(0x9E3779B1) + ids
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    return (h % jnp.uint32(buckets)).astype(jnp.int32)
+
+
 def _to_nnx(tree):
     """Nested dict of arrays -> nested ``nnx.Dict`` of ``nnx.Param``."""
     if isinstance(tree, dict):
@@ -85,12 +98,15 @@ class SentimentClassifier(nnx.Module):
     layer's final state (both directions' for a bidirectional stack), ``"max"`` / ``"mean"``
     the max / mean of the top layer's outputs over the real steps (``pool_over_time``).
     ``word_dropout`` drops whole tokens' embeddings, ``embed_dropout`` single entries.
+    ``bigram_buckets`` > 0 adds to each token's embedding one of its pair with the token
+    before it (``bigram_ids``: hashed into that many rows of a second table), so the
+    recurrence reads word pairs ("not good") as units from its first layer on.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, units: int | Sequence[int] = (64, 64),
                  *, cell: str = "simple", bidirectional: bool = False, pooling: str = "last",
                  dropout: float = 0.0, embed_dropout: float = 0.0, word_dropout: float = 0.0,
-                 strategy: str = "auto",
+                 bigram_buckets: int = 0, strategy: str = "auto",
                  unroll: int = 1, compute_dtype=None, rngs: nnx.Rngs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {list(POOLINGS)}, got {pooling!r}")
@@ -108,9 +124,20 @@ class SentimentClassifier(nnx.Module):
         # layout stay those of a model without it.
         self.word_dropout = (nnx.Dropout(word_dropout, broadcast_dims=(2,), rngs=rngs)
                              if word_dropout > 0 else nnx.data(None))
+        # Also made only when used, after the others, for the same reason.
+        self.bigram_embed = (nnx.Embed(bigram_buckets, embed_dim, rngs=rngs)
+                             if bigram_buckets > 0 else nnx.data(None))
+
+    def embed_ids(self, ids):
+        """``ids (batch, time)`` -> ``(batch, time, embed_dim)``: the words' embeddings plus,
+        with ``bigram_buckets``, their pairs' (no dropout)."""
+        x = self.embed(ids)
+        if self.bigram_embed is not None:
+            x = x + self.bigram_embed(bigram_ids(ids, self.bigram_embed.num_embeddings))
+        return x
 
     def __call__(self, ids, lengths=None, *, padding: str = "pre"):
-        x = self.embed(ids)
+        x = self.embed_ids(ids)
         if self.word_dropout is not None:
             x = self.word_dropout(x)
         x = self.embed_dropout(x)

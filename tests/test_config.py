@@ -80,6 +80,8 @@ def test_missing_config_file(tmp_path):
     ({"val_split": "title"}, "val_split: expected one of random, movie"),
     ({"learning_rate": -1.0}, "learning_rate"),
     ({"weight_decay": -0.01}, "weight_decay: expected >= 0"),
+    ({"bigram_buckets": -1}, "bigram_buckets: expected >= 0"),
+    ({"bucket_width": -1}, "bucket_width and bigram_buckets: expected >= 0"),
     ({"num_words": 3}, "num_words"),
 ])
 def test_invalid_values(changes, message):
@@ -88,9 +90,10 @@ def test_invalid_values(changes, message):
 
 
 def test_a_saved_config_without_later_fields_loads_with_their_defaults():
-    """config.json of a run from before val_split (and word_dropout) existed."""
+    """config.json of a run from before val_split (and word_dropout, bigram_buckets)
+    existed."""
     saved = {k: v for k, v in TrainConfig(cell="gru").to_dict().items()
-             if k not in ("val_split", "word_dropout")}
+             if k not in ("val_split", "word_dropout", "bigram_buckets")}
     config = TrainConfig.from_dict(json.loads(json.dumps(saved)))
     assert config == TrainConfig(cell="gru") and config.val_split == "random"
 

@@ -7,6 +7,7 @@ import optax
 from flax import nnx
 
 from stackrnn_jax import SentimentClassifier, StackedRNN, stacked_rnn
+from stackrnn_jax.nn import bigram_ids
 from stackrnn_jax.reference import reference_rnn
 
 
@@ -49,6 +50,38 @@ def test_word_dropout_drops_whole_tokens_and_leaves_the_model_as_without_it():
     with_words.eval()
     without.eval()
     np.testing.assert_array_equal(with_words(ids, lengths), without(ids, lengths))
+
+
+def test_bigram_ids_hash_each_pair_wherever_it_stands():
+    ids = jnp.array([[0, 0, 5, 9, 5, 9], [5, 9, 7, 5, 9, 0]], jnp.int32)
+    got = np.asarray(bigram_ids(ids, 1000))
+    assert got.dtype == np.int32 and got.min() >= 0 and got.max() < 1000
+    # (5, 9) at three places, (0, 5) at one: one id per pair
+    assert got[0, 3] == got[0, 5] == got[1, 1]
+    assert got[1, 0] == got[0, 2]  # the first column pairs with the padding id 0
+    assert len({got[0, 3], got[0, 4], got[1, 2], got[1, 3]}) == 4  # (5,9) (9,5) (9,7) (7,5)
+    # order matters: (a, b) and (b, a) differ for most pairs
+    pairs = np.arange(2, 202)
+    forward = np.asarray(bigram_ids(jnp.stack([pairs, pairs[::-1]], axis=1), 1 << 20))[:, 1]
+    backward = np.asarray(bigram_ids(jnp.stack([pairs[::-1], pairs], axis=1), 1 << 20))[:, 1]
+    assert (forward != backward).mean() > 0.95
+
+
+def test_bigram_embeddings_add_to_the_words_and_leave_the_rest_as_without():
+    with_pairs = SentimentClassifier(50, 8, (6,), bigram_buckets=64, rngs=nnx.Rngs(0))
+    without = SentimentClassifier(50, 8, (6,), rngs=nnx.Rngs(0))
+    state = nnx.state(with_pairs, nnx.Param)
+    assert state["bigram_embed"]["embedding"].shape == (64, 8)
+    # The other parameters are those of the model without the table (made last).
+    del state["bigram_embed"]
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(without, nnx.Param), state)
+    ids, lengths = jnp.array([[0, 3, 7, 9], [4, 4, 4, 4]], jnp.int32), jnp.array([3, 4])
+    table = np.asarray(with_pairs.bigram_embed.embedding[...])
+    want = (np.asarray(with_pairs.embed(ids))
+            + table[np.asarray(bigram_ids(ids, 64))])
+    np.testing.assert_allclose(with_pairs.embed_ids(ids), want, rtol=1e-6)
+    with_pairs.bigram_embed.embedding[...] = jnp.zeros((64, 8))
+    np.testing.assert_array_equal(with_pairs(ids, lengths), without(ids, lengths))
 
 
 def test_sentiment_classifier_logits_and_one_training_step():
