@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("clip_norm", type=float, help="global-norm gradient clipping (0: none)")
     flag("dropout", type=float, help="dropout between RNN layers and before the head")
     flag("embed_dropout", type=float)
+    flag("weight_dropout", type=float,
+         help="DropConnect rate on the recurrent kernels (one mask per batch; 0: off)")
     flag("word_dropout", type=float, help="share of tokens whose whole embedding is dropped")
-    flag("bigram_buckets", type=int,
-         help="rows of a hashed table of word-pair embeddings added to the words' (0: off)")
     flag("seed", type=int)
     flag("dtype", choices=DTYPES, help="compute dtype of the recurrence")
     flag("strategy", choices=sorted(STRATEGIES), help="how the timesteps execute")

@@ -39,10 +39,10 @@ class TrainConfig:
     bidirectional: bool = False
     embed_dim: int = 32
     dropout: float = 0.0  # between RNN layers and before the head
+    weight_dropout: float = 0.0  # DropConnect on the recurrent kernels, one mask per batch
     pooling: str = "last"  # the head reads the last state, or the masked max / mean over time
     embed_dropout: float = 0.0
     word_dropout: float = 0.0  # drops whole words: all of a token's embedding at once
-    bigram_buckets: int = 0  # > 0: each token's embedding + its pair's (hashed into this many)
     # Data: a num_words vocabulary, reviews cut/padded to maxlen ids.
     num_words: int = 10_000
     maxlen: int = 500
@@ -97,7 +97,7 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_words < 4:  # ids 0-2 are reserved (padding, start, unknown)
             raise ValueError(f"num_words: expected at least 4, got {self.num_words}")
-        for name in ("dropout", "embed_dropout", "word_dropout"):
+        for name in ("dropout", "embed_dropout", "word_dropout", "weight_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -109,9 +109,9 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
         if (self.clip_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0
-                or self.bucket_width < 0 or self.bigram_buckets < 0):
-            raise ValueError("clip_norm, warmup_steps, checkpoint_every, bucket_width and "
-                             "bigram_buckets: expected >= 0 (0 turns them off)")
+                or self.bucket_width < 0):
+            raise ValueError("clip_norm, warmup_steps, checkpoint_every and bucket_width: "
+                             "expected >= 0 (0 turns them off)")
         if self.bucket_width and not self.mask:
             # Without true lengths the padding steps are computed, so cutting them would
             # change the numbers.

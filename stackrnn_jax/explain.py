@@ -76,7 +76,7 @@ def explain(run, text: str) -> Explanation:
 def _layer_outputs(model, ids, lengths, padding: str) -> list[jax.Array]:
     """Each RNN layer's outputs ``(1, time, width)`` for ``ids (1, time)``; eval mode."""
     rnn = model.rnn
-    x = model.embed_ids(ids)
+    x = model.embed(ids)
     outputs = []
     for layer in rnn.params():
         x = stacked_rnn([layer], x, cell=rnn.cell, lengths=lengths, padding=padding,

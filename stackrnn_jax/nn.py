@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -18,17 +19,20 @@ from stackrnn_jax.stack import init_params, pool_over_time, stacked_rnn
 POOLINGS = ("last", "max", "mean")
 
 
-def bigram_ids(ids, buckets: int):
-    """``ids (batch, time)`` -> ``(batch, time)`` int32 in ``[0, buckets)``: a hash of each
-    token's pair with the token before it (the first column's with the padding id 0).
-    The same pair gives the same id wherever it stands; distinct pairs share an id only
-    by collision (a fixed multiplicative hash, so a trained table stays valid)."""
-    ids = jnp.asarray(ids).astype(jnp.uint32)
-    before = jnp.pad(ids[:, :-1], ((0, 0), (1, 0)))
-    h = before * jnp.uint32(0x9E3779B1) + ids
-    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    return (h % jnp.uint32(buckets)).astype(jnp.int32)
+def drop_recurrent_weights(layers: list, rate: float, key) -> list:
+    """DropConnect on the recurrent kernels (AWD-LSTM's weight drop): each entry of every
+    ``recurrent_kernel`` zeroed with probability ``rate`` (the rest scaled by
+    ``1 / (1 - rate)``), one mask for all timesteps of a call; the other weights as they
+    are. ``layers``: ``stacked_rnn``'s weights."""
+    paths, tree = jax.tree_util.tree_flatten_with_path(layers)
+    keys = iter(jax.random.split(key, len(paths)))
+    dropped = []
+    for path, leaf in paths:
+        if getattr(path[-1], "key", None) == "recurrent_kernel":
+            keep = jax.random.bernoulli(next(keys), 1.0 - rate, leaf.shape)
+            leaf = jnp.where(keep, leaf / (1.0 - rate), 0.0).astype(leaf.dtype)
+        dropped.append(leaf)
+    return jax.tree.unflatten(tree, dropped)
 
 
 def _to_nnx(tree):
@@ -49,7 +53,8 @@ class StackedRNN(nnx.Module):
 
     Call it on ``x (batch, time, input_size)`` (optionally with ``lengths (batch,)``);
     it returns ``(batch, time, out)`` with ``return_sequences`` else ``(batch, out)``.
-    Dropout between layers is active unless the module is in eval mode
+    Dropout between layers, and ``weight_dropout`` on the recurrent kernels
+    (``drop_recurrent_weights``), are active unless the module is in eval mode
     (``model.eval()`` / ``deterministic=True``). ``strategy`` (default ``"auto"``, the
     measured-fastest) and ``unroll`` are those of ``stacked_rnn``.
     """
@@ -57,7 +62,8 @@ class StackedRNN(nnx.Module):
     def __init__(self, input_size: int, units: int | Sequence[int], *, cell: str = "simple",
                  bidirectional: bool = False, merge: str = "concat", activation: str = "tanh",
                  reset_after: bool = True, unit_forget_bias: bool = True, dropout: float = 0.0,
-                 strategy: str = "auto", unroll: int = 1, compute_dtype=None,
+                 weight_dropout: float = 0.0, strategy: str = "auto", unroll: int = 1,
+                 compute_dtype=None,
                  param_dtype=jnp.float32, deterministic: bool = False, rngs: nnx.Rngs):
         layers = init_params(rngs.params(), input_size, units, cell=cell,
                              bidirectional=bidirectional, merge=merge, reset_after=reset_after,
@@ -66,9 +72,11 @@ class StackedRNN(nnx.Module):
         self.cell, self.merge, self.activation = cell, merge, activation
         self.bidirectional = bidirectional
         self.dropout, self.strategy, self.unroll = dropout, strategy, unroll
+        self.weight_dropout = weight_dropout
         self.compute_dtype = compute_dtype
         self.deterministic = deterministic
-        self.rngs = rngs["dropout"].fork() if dropout > 0 else nnx.data(None)
+        self.rngs = (rngs["dropout"].fork() if dropout > 0 or weight_dropout > 0
+                     else nnx.data(None))
         out = (units if isinstance(units, int) else units[-1])
         self.out_features = out * (2 if bidirectional and merge == "concat" else 1)
 
@@ -80,9 +88,14 @@ class StackedRNN(nnx.Module):
                  return_sequences: bool = False, return_state: bool = False,
                  deterministic: bool | None = None):
         deterministic = self.deterministic if deterministic is None else deterministic
-        # self.rngs is a dropout RNG stream exactly when dropout > 0
+        # self.rngs is a dropout RNG stream exactly when either dropout is on; the weights'
+        # mask is drawn after the layers' (a model without it keeps its stream).
         rng = None if deterministic or self.dropout == 0 else self.rngs()  # type: ignore[misc]
-        return stacked_rnn(self.params(), x, cell=self.cell, lengths=lengths, padding=padding,
+        params = self.params()
+        if not deterministic and self.weight_dropout > 0:
+            params = drop_recurrent_weights(params, self.weight_dropout,
+                                            self.rngs())  # type: ignore[misc]
+        return stacked_rnn(params, x, cell=self.cell, lengths=lengths, padding=padding,
                            initial_state=initial_state, return_sequences=return_sequences,
                            return_state=return_state, strategy=self.strategy,
                            unroll=self.unroll, dropout=self.dropout, dropout_rng=rng,
@@ -98,15 +111,12 @@ class SentimentClassifier(nnx.Module):
     layer's final state (both directions' for a bidirectional stack), ``"max"`` / ``"mean"``
     the max / mean of the top layer's outputs over the real steps (``pool_over_time``).
     ``word_dropout`` drops whole tokens' embeddings, ``embed_dropout`` single entries.
-    ``bigram_buckets`` > 0 adds to each token's embedding one of its pair with the token
-    before it (``bigram_ids``: hashed into that many rows of a second table), so the
-    recurrence reads word pairs ("not good") as units from its first layer on.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, units: int | Sequence[int] = (64, 64),
                  *, cell: str = "simple", bidirectional: bool = False, pooling: str = "last",
                  dropout: float = 0.0, embed_dropout: float = 0.0, word_dropout: float = 0.0,
-                 bigram_buckets: int = 0, strategy: str = "auto",
+                 weight_dropout: float = 0.0, strategy: str = "auto",
                  unroll: int = 1, compute_dtype=None, rngs: nnx.Rngs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {list(POOLINGS)}, got {pooling!r}")
@@ -114,8 +124,9 @@ class SentimentClassifier(nnx.Module):
         self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
         self.embed_dropout = nnx.Dropout(embed_dropout, rngs=rngs)
         self.rnn = StackedRNN(embed_dim, units, cell=cell, bidirectional=bidirectional,
-                              dropout=dropout, strategy=strategy, unroll=unroll,
-                              compute_dtype=compute_dtype, rngs=rngs)
+                              dropout=dropout, weight_dropout=weight_dropout,
+                              strategy=strategy, unroll=unroll, compute_dtype=compute_dtype,
+                              rngs=rngs)
         self.head_dropout = nnx.Dropout(dropout, rngs=rngs)
         self.head = nnx.Linear(self.rnn.out_features, 1, rngs=rngs)
         # The same draw for every embedding dim of a token: whole words vanish (rescaled as
@@ -124,20 +135,9 @@ class SentimentClassifier(nnx.Module):
         # layout stay those of a model without it.
         self.word_dropout = (nnx.Dropout(word_dropout, broadcast_dims=(2,), rngs=rngs)
                              if word_dropout > 0 else nnx.data(None))
-        # Also made only when used, after the others, for the same reason.
-        self.bigram_embed = (nnx.Embed(bigram_buckets, embed_dim, rngs=rngs)
-                             if bigram_buckets > 0 else nnx.data(None))
-
-    def embed_ids(self, ids):
-        """``ids (batch, time)`` -> ``(batch, time, embed_dim)``: the words' embeddings plus,
-        with ``bigram_buckets``, their pairs' (no dropout)."""
-        x = self.embed(ids)
-        if self.bigram_embed is not None:
-            x = x + self.bigram_embed(bigram_ids(ids, self.bigram_embed.num_embeddings))
-        return x
 
     def __call__(self, ids, lengths=None, *, padding: str = "pre"):
-        x = self.embed_ids(ids)
+        x = self.embed(ids)
         if self.word_dropout is not None:
             x = self.word_dropout(x)
         x = self.embed_dropout(x)

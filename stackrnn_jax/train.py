@@ -66,7 +66,7 @@ def create_model(config: TrainConfig, *, seed: int | None = None) -> SentimentCl
         config.num_words, config.embed_dim, (config.units,) * config.layers, cell=config.cell,
         bidirectional=config.bidirectional, pooling=config.pooling, dropout=config.dropout,
         embed_dropout=config.embed_dropout, word_dropout=config.word_dropout,
-        bigram_buckets=config.bigram_buckets, strategy=config.strategy, unroll=config.unroll,
+        weight_dropout=config.weight_dropout, strategy=config.strategy, unroll=config.unroll,
         compute_dtype=jnp.bfloat16 if config.dtype == "bfloat16" else None,
         rngs=nnx.Rngs(config.seed if seed is None else seed))
 

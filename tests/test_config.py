@@ -76,12 +76,12 @@ def test_missing_config_file(tmp_path):
     ({"units": 0}, "units: expected a positive integer"),
     ({"dropout": 1.0}, "dropout: expected a rate"),
     ({"word_dropout": -0.1}, "word_dropout: expected a rate"),
+    ({"weight_dropout": 1.0}, "weight_dropout: expected a rate"),
     ({"val_fraction": 0.0}, "val_fraction"),
     ({"val_split": "title"}, "val_split: expected one of random, movie"),
     ({"learning_rate": -1.0}, "learning_rate"),
     ({"weight_decay": -0.01}, "weight_decay: expected >= 0"),
-    ({"bigram_buckets": -1}, "bigram_buckets: expected >= 0"),
-    ({"bucket_width": -1}, "bucket_width and bigram_buckets: expected >= 0"),
+    ({"bucket_width": -1}, "checkpoint_every and bucket_width: expected >= 0"),
     ({"num_words": 3}, "num_words"),
 ])
 def test_invalid_values(changes, message):
@@ -90,10 +90,10 @@ def test_invalid_values(changes, message):
 
 
 def test_a_saved_config_without_later_fields_loads_with_their_defaults():
-    """config.json of a run from before val_split (and word_dropout, bigram_buckets)
+    """config.json of a run from before val_split (and word_dropout, weight_dropout)
     existed."""
     saved = {k: v for k, v in TrainConfig(cell="gru").to_dict().items()
-             if k not in ("val_split", "word_dropout", "bigram_buckets")}
+             if k not in ("val_split", "word_dropout", "weight_dropout")}
     config = TrainConfig.from_dict(json.loads(json.dumps(saved)))
     assert config == TrainConfig(cell="gru") and config.val_split == "random"
 

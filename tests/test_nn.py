@@ -7,7 +7,7 @@ import optax
 from flax import nnx
 
 from stackrnn_jax import SentimentClassifier, StackedRNN, stacked_rnn
-from stackrnn_jax.nn import bigram_ids
+from stackrnn_jax.nn import drop_recurrent_weights
 from stackrnn_jax.reference import reference_rnn
 
 
@@ -35,6 +35,32 @@ def test_dropout_only_in_train_mode():
     np.testing.assert_array_equal(model(x), stacked_rnn(model.params(), x))
 
 
+def test_weight_dropout_masks_only_the_recurrent_kernels():
+    layers = StackedRNN(4, [40, 40], cell="gru", bidirectional=True, rngs=nnx.Rngs(0)).params()
+    dropped = drop_recurrent_weights(layers, 0.25, jax.random.key(3))
+    for before, after in zip(layers, dropped):
+        for direction in ("forward", "backward"):
+            b, a = before[direction], after[direction]
+            np.testing.assert_array_equal(a["kernel"], b["kernel"])
+            np.testing.assert_array_equal(a["bias"], b["bias"])
+            kept = np.asarray(a["recurrent_kernel"]) != 0
+            assert 0.65 < kept.mean() < 0.85
+            np.testing.assert_allclose(np.asarray(a["recurrent_kernel"])[kept],
+                                       np.asarray(b["recurrent_kernel"])[kept] / 0.75,
+                                       rtol=1e-6)
+    # each kernel its own mask
+    assert not np.array_equal(np.asarray(dropped[0]["forward"]["recurrent_kernel"]) == 0,
+                              np.asarray(dropped[0]["backward"]["recurrent_kernel"]) == 0)
+
+
+def test_weight_dropout_only_in_train_mode():
+    model = StackedRNN(4, [6, 5], cell="lstm", weight_dropout=0.5, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 4))
+    assert float(jnp.abs(model(x) - model(x)).max()) > 1e-4  # a fresh mask each call
+    model.eval()
+    np.testing.assert_array_equal(model(x), stacked_rnn(model.params(), x, cell="lstm"))
+
+
 def test_word_dropout_drops_whole_tokens_and_leaves_the_model_as_without_it():
     with_words = SentimentClassifier(50, 8, (6,), word_dropout=0.5, rngs=nnx.Rngs(0))
     without = SentimentClassifier(50, 8, (6,), rngs=nnx.Rngs(0))
@@ -50,38 +76,6 @@ def test_word_dropout_drops_whole_tokens_and_leaves_the_model_as_without_it():
     with_words.eval()
     without.eval()
     np.testing.assert_array_equal(with_words(ids, lengths), without(ids, lengths))
-
-
-def test_bigram_ids_hash_each_pair_wherever_it_stands():
-    ids = jnp.array([[0, 0, 5, 9, 5, 9], [5, 9, 7, 5, 9, 0]], jnp.int32)
-    got = np.asarray(bigram_ids(ids, 1000))
-    assert got.dtype == np.int32 and got.min() >= 0 and got.max() < 1000
-    # (5, 9) at three places, (0, 5) at one: one id per pair
-    assert got[0, 3] == got[0, 5] == got[1, 1]
-    assert got[1, 0] == got[0, 2]  # the first column pairs with the padding id 0
-    assert len({got[0, 3], got[0, 4], got[1, 2], got[1, 3]}) == 4  # (5,9) (9,5) (9,7) (7,5)
-    # order matters: (a, b) and (b, a) differ for most pairs
-    pairs = np.arange(2, 202)
-    forward = np.asarray(bigram_ids(jnp.stack([pairs, pairs[::-1]], axis=1), 1 << 20))[:, 1]
-    backward = np.asarray(bigram_ids(jnp.stack([pairs[::-1], pairs], axis=1), 1 << 20))[:, 1]
-    assert (forward != backward).mean() > 0.95
-
-
-def test_bigram_embeddings_add_to_the_words_and_leave_the_rest_as_without():
-    with_pairs = SentimentClassifier(50, 8, (6,), bigram_buckets=64, rngs=nnx.Rngs(0))
-    without = SentimentClassifier(50, 8, (6,), rngs=nnx.Rngs(0))
-    state = nnx.state(with_pairs, nnx.Param)
-    assert state["bigram_embed"]["embedding"].shape == (64, 8)
-    # The other parameters are those of the model without the table (made last).
-    del state["bigram_embed"]
-    jax.tree.map(np.testing.assert_array_equal, nnx.state(without, nnx.Param), state)
-    ids, lengths = jnp.array([[0, 3, 7, 9], [4, 4, 4, 4]], jnp.int32), jnp.array([3, 4])
-    table = np.asarray(with_pairs.bigram_embed.embedding[...])
-    want = (np.asarray(with_pairs.embed(ids))
-            + table[np.asarray(bigram_ids(ids, 64))])
-    np.testing.assert_allclose(with_pairs.embed_ids(ids), want, rtol=1e-6)
-    with_pairs.bigram_embed.embedding[...] = jnp.zeros((64, 8))
-    np.testing.assert_array_equal(with_pairs(ids, lengths), without(ids, lengths))
 
 
 def test_sentiment_classifier_logits_and_one_training_step():
