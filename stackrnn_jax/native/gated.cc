@@ -32,7 +32,6 @@
 // h0, c0, c_last, dh, dc (batch, u) (GRU: c0 unused, c_last and dc0 zero); hs, dy (time,
 // batch, u); mask (time, batch) bool. Row-major. activation: 0 tanh, 1 relu.
 
-#include <mutex>
 #include <vector>
 
 #include "common.h"
@@ -531,24 +530,20 @@ void backward_typed(ffi::ThreadPool pool, const Layer<T>& L, Grads<T> D, T* dw_h
     for (int64_t j = 0; j < g; ++j) w_xt[j * L.inputs + i] = L.w_x[i * g + j];
   D.w_t = w_t.data();
   D.w_xt = w_xt.data();
-  std::fill(dw_h, dw_h + u * g, T(0));
-  std::fill(dw_x, dw_x + L.inputs * g, T(0));
-  std::fill(db_in, db_in + g, T(0));
-  std::fill(db_rec, db_rec + g, T(0));
-  std::mutex sum;  // each chunk adds its rows' share of the weight gradients once, at its end
+  // Each chunk's [dW_h dW_x db_in db_rec], summed in row order at the end.
+  const int64_t wh = u * g, wx = L.inputs * g;
+  stackrnn::ChunkSums<T> sums(wh + wx + 2 * g);
   by_activation(activation, [&](auto code) {
     over_rows(pool, L.batch, [&](int64_t b0, int64_t b1) {
-      std::vector<T> part_h(u * g, T(0)), part_x(L.inputs * g, T(0)), part_b(g, T(0)),
-          part_r(g, T(0));
-      backward_rows<T, decltype(code)::value>(L, D, b0, b1, part_h.data(), part_x.data(),
-                                              part_b.data(), part_r.data());
-      std::lock_guard<std::mutex> hold(sum);
-      for (int64_t i = 0; i < u * g; ++i) dw_h[i] += part_h[i];
-      for (int64_t i = 0; i < L.inputs * g; ++i) dw_x[i] += part_x[i];
-      for (int64_t i = 0; i < g; ++i) db_in[i] += part_b[i];
-      for (int64_t i = 0; i < g; ++i) db_rec[i] += part_r[i];
+      T* part = sums.part(b0);
+      backward_rows<T, decltype(code)::value>(L, D, b0, b1, part, part + wh, part + wh + wx,
+                                              part + wh + wx + g);
     });
   });
+  sums.sum_into(0, wh, dw_h);
+  sums.sum_into(wh, wx, dw_x);
+  sums.sum_into(wh + wx, g, db_in);
+  sums.sum_into(wh + wx + g, g, db_rec);
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x,
