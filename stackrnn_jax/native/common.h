@@ -271,7 +271,7 @@ void over_rows(ffi::ThreadPool pool, int64_t rows, Part part) {
 // added together in the order of the chunks' first rows once all have finished. Floating-
 // point addition is not associative: added into the totals in whichever order the chunks
 // finished, the same train step's gradients differed from call to call (three chunks or
-// more), and two runs of one seed and config ended 0.2 points of accuracy apart.
+// more), and two training runs of one seed and config ended with different accuracies.
 template <typename T>
 class ChunkSums {
  public:
