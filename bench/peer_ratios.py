@@ -8,8 +8,8 @@ ours is faster). Each file's machine line and command head its rows, so a table 
 mixes runs without saying so.
 
 Files whose commands differ only in ``--out`` and ``--note`` are rounds of one run (on a
-noisy machine: the same runs repeated, each implementation in a fresh process every
-round): they make one table, each figure the median of the rounds' medians with the
+noisy machine: the same runs repeated, a fresh ``bench.run`` process each time): they
+make one table, each figure the median of the rounds' medians with the
 rounds' range, and the ratio's range over the rounds beside it.
 """
 

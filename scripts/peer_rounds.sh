@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Ours (auto) against Keras 3, Flax and PyTorch on this CPU, in rounds: each round runs the
 # five workloads of bench/README's peer tables (train steps at batch 32, T 500 and 100;
-# inference at batch 256, T 500 and at batch 32, T 500 and 100), each implementation in a
-# fresh process; then bench.peer_ratios pools the rounds (median of the rounds' medians,
-# their range). On a shared machine one run's peer can move by half between runs; rounds
-# show how far.
+# inference at batch 256, T 500 and at batch 32, T 500 and 100), each a fresh bench.run
+# process (ours and the peers one after another in it); then bench.peer_ratios pools the
+# rounds (median of the rounds' medians, their range). On a shared machine one run's peer
+# can move by half between runs; rounds show how far.
 #   bash scripts/peer_rounds.sh OUT_DIR [ROUNDS] [NOTE]
 #   e.g. bash scripts/peer_rounds.sh bench/results/cpu-avx2/rounds 3 "quiet machine"
 # Writes OUT_DIR/round-N/<workload>/results.json and OUT_DIR/tables.md.
