@@ -60,9 +60,8 @@ def _by_workload(results: list[dict]) -> dict:
     return table
 
 
-def rows(results: dict | list[dict], variant: str) -> list[str]:
-    """Markdown table rows of one results file, or of several rounds of one run."""
-    results = [results] if isinstance(results, dict) else results
+def rows(results: list[dict], variant: str) -> list[str]:
+    """Markdown table rows of one run: one results file, or several rounds of it."""
     out = []
     for key, runs in _by_workload(results).items():
         w = dict(key)

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -63,8 +64,9 @@ inline T exp_of(T x) {
   const T y = std::min(std::max(x, -C::kClamp), C::kClamp);
   const T n = (y * T(1.4426950408889634) + C::kRound) - C::kRound;  // round(y / ln 2)
   const T r = (y - n * C::kLn2Hi) - n * C::kLn2Lo;
-  // sum r^k / k! by Horner's rule: one multiply-add per term (written as 1 + p r / k,
-  // each term cost a second multiply, as GCC may not fold r / k without -ffast-math).
+  // sum r^k / k! by Horner's rule on the coefficients 1 / k!: one multiply-add per term
+  // (the nested form 1 + p (r / k) cost a multiply more per term: GCC may not fold r / k
+  // without -ffast-math).
   T p = kInverseFactorials<T, C::kTerms>.of[C::kTerms];
   for (int k = C::kTerms - 1; k >= 0; --k) p = p * r + kInverseFactorials<T, C::kTerms>.of[k];
   const typename C::Bits bits = (static_cast<typename C::Bits>(n) + C::kBias) << C::kMantissa;
@@ -156,17 +158,14 @@ __attribute__((always_inline)) inline void add_transposed_tile(
     for (int q = 0; q < kV; ++q) store_vector(out + (i0 + i) * ldo + j0 + q * kVector, acc[i][q]);
 }
 
-// add_transposed_tile for a block of I rows, I in [1, kMaxI], chosen at run time.
-template <typename T, int kMaxI, int kV>
-__attribute__((always_inline)) inline void add_transposed_block(
-    int I, const T* const* a, int64_t lda, const T* const* d, int64_t ldd, int64_t segments,
-    int64_t rows, T* out, int64_t ldo, int64_t i0, int64_t j0) {
-  if constexpr (kMaxI > 1) {
-    if (I < kMaxI)
-      return add_transposed_block<T, kMaxI - 1, kV>(I, a, lda, d, ldd, segments, rows, out,
-                                                    ldo, i0, j0);
+// Calls run(std::integral_constant<int, R>{}) for a row count 1 <= R <= kMax known only
+// at run time: the register tiles take their row count as a template argument.
+template <int kMax, typename Run>
+__attribute__((always_inline)) inline void by_rows(int R, Run run) {
+  if constexpr (kMax > 1) {
+    if (R < kMax) return by_rows<kMax - 1>(R, run);
   }
-  add_transposed_tile<T, kMaxI, kV>(a, lda, d, ldd, segments, rows, out, ldo, i0, j0);
+  run(std::integral_constant<int, kMax>{});
 }
 
 // Rows [0, m) of out's columns [j0, j0 + kV vectors): as few blocks of at most kI rows as
@@ -180,8 +179,10 @@ __attribute__((always_inline)) inline void add_transposed_column(
   const int64_t blocks = (m + kI - 1) / kI;
   for (int64_t b = 0, i0 = 0; b < blocks; ++b) {
     const int64_t next = m * (b + 1) / blocks;
-    add_transposed_block<T, kI, kV>(static_cast<int>(next - i0), a, lda, d, ldd, segments,
-                                    rows, out, ldo, i0, j0);
+    by_rows<kI>(static_cast<int>(next - i0), [&](auto I) {
+      add_transposed_tile<T, decltype(I)::value, kV>(a, lda, d, ldd, segments, rows, out, ldo,
+                                                     i0, j0);
+    });
     i0 = next;
   }
 }
@@ -190,8 +191,8 @@ __attribute__((always_inline)) inline void add_transposed_column(
 // (a_s rows lda apart, d_s rows ldd apart), i < m, j < n: a weight gradient (H_prev^T dA
 // or X^T dA) over a block of steps. Output tiles of 12 rows by two vectors (24 sums, of
 // AVX-512's 32 registers; 6 rows, 12 sums, of AVX2's 16) stay in registers across the
-// block's rows (add_transposed_column), then tiles of one vector, then single columns. Each row's 2
-// vector loads and 12 broadcasts serve 24 FMAs. In a single-thread microbenchmark of the
+// block's rows (add_transposed_column), then tiles of one vector, then single columns.
+// Each row's 2 vector loads and 12 broadcasts serve 24 FMAs. In a single-thread microbenchmark of the
 // gated backward's shapes (16 rows, 16-step blocks, 64 units, 256 or 192 gate columns)
 // the sums ran ~1.7x faster than with the 4-row tiles before (8 sums: the FMAs' latency
 // uncovered, a load per FMA and a half); 8 rows by 3 vectors was as fast at 192 columns

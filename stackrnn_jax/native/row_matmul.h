@@ -95,19 +95,6 @@ __attribute__((noinline)) void rows_times(const T* __restrict v, int64_t lv,
   }
 }
 
-// rows_times for a tile of R rows, R in [1, kMaxRows], chosen at run time.
-template <typename T, int kVectors, int kMaxRows>
-void tile_times(int R, const T* v, int64_t lv, const T* w, int64_t lw, const T* add,
-                int64_t la, T* out, int64_t lo, int64_t depth, int64_t n,
-                const Term<T>& more) {
-  if constexpr (kMaxRows > 1) {
-    if (R < kMaxRows)
-      return tile_times<T, kVectors, kMaxRows - 1>(R, v, lv, w, lw, add, la, out, lo, depth,
-                                                   n, more);
-  }
-  rows_times<T, kMaxRows, kVectors>(v, lv, w, lw, add, la, out, lo, depth, n, more);
-}
-
 // rows_times over `rows` rows in as few tiles of at most kRows rows as cover them, of
 // sizes as equal as can be: 16 rows in 6-row tiles go as 6, 5, 5 (10 or more sums in
 // registers each), not 6, 6, 4 (the 4-row tile's 8 sums, the FMAs' latency uncovered,
@@ -130,9 +117,12 @@ void block_times(int64_t rows, const T* v, int64_t lv, const T* w, int64_t lw, c
     const T* plus = add ? add + j0 : nullptr;
     for (int64_t i = 0, r = 0; i < tiles; ++i) {
       const int64_t next = rows * (i + 1) / tiles;
-      tile_times<T, kVectors, kRows>(static_cast<int>(next - r), v + r * lv, lv, w + j0, lw,
-                                     plus ? plus + r * la : nullptr, la, out + r * lo + j0,
-                                     lo, depth, width, more.rows_from(r, j0));
+      by_rows<kRows>(static_cast<int>(next - r), [&](auto R) {
+        rows_times<T, decltype(R)::value, kVectors>(v + r * lv, lv, w + j0, lw,
+                                                    plus ? plus + r * la : nullptr, la,
+                                                    out + r * lo + j0, lo, depth, width,
+                                                    more.rows_from(r, j0));
+      });
       r = next;
     }
   }
