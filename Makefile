@@ -7,13 +7,25 @@ PY     := $(VENV)/bin/python
 DATA   ?= $(wildcard ../shared/data/aclImdb.tar.gz)
 WORKDIR ?= runs/tutorial
 
-.PHONY: venv train lint test test-all check clean
+VENV_TF ?= .venv-tf
+
+.PHONY: venv venv-tf train lint test test-all check clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+# Keras on TensorFlow for scripts/peer_rounds.sh: a separate environment, because Keras fixes
+# its backend per process and TensorFlow's wheels pin their own versions.
+venv-tf: $(VENV_TF)/.installed
+
+$(VENV_TF)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TF)
+	$(VENV_TF)/bin/python -m pip install -q --upgrade pip
+	$(VENV_TF)/bin/python -m pip install -q -e ".[peers-tf]"
 	touch $@
 
 # Train (defaults = the classic tutorial; ARGS="--preset simple-best" etc.), then test.
@@ -40,4 +52,4 @@ check: venv
 	$(PY) scripts/manual_check.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV_TF) build *.egg-info

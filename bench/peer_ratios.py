@@ -7,10 +7,13 @@ For every workload and part (forward, train step) in the files: our variant's me
 ours is faster). Each file's machine line and command head its rows, so a table never
 mixes runs without saying so.
 
-Files whose commands differ only in ``--out`` and ``--note`` are rounds of one run (on a
-noisy machine: the same runs repeated, a fresh ``bench.run`` process each time): they
-make one table, each figure the median of the rounds' medians with the
-rounds' range, and the ratio's range over the rounds beside it.
+Files whose commands differ only in ``--out``, ``--note``, ``--strategies`` and ``--peers``
+are one run: rounds of it (on a noisy machine: the same runs repeated, a fresh
+``bench.run`` process each time), and within a round the implementations may each have
+had a process of their own (``--strategies none --peers X``). They make one table, each
+figure the median of the rounds' medians with the rounds' range, and the ratio's range
+over the rounds beside it (files in round order: the k-th file holding an
+implementation is its k-th round).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from bench.machine import machine_line
 
-PEER_NAMES = {"keras": "Keras", "flax_linen": "Flax", "torch": "PyTorch"}
+PEER_NAMES = {"keras": "Keras", "keras_tf": "Keras (TF)", "flax_linen": "Flax", "torch": "PyTorch"}
 
 
 def _ms(part: dict) -> str:
@@ -90,15 +93,19 @@ def rows(results: list[dict], variant: str) -> list[str]:
     return out
 
 
+_PER_FILE_OPTIONS = ("--out", "--note", "--strategies", "--peers")
+
+
 def _run_key(argv: list[str]) -> tuple[str, ...]:
-    """A bench.run command without its --out and --note: what makes files rounds of one run."""
+    """A bench.run command without the options that may differ between the files of one
+    run (where it wrote, its note, which implementations that process measured)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--out", "--note"):
+        elif arg in _PER_FILE_OPTIONS:
             skip = True
-        elif not arg.startswith(("--out=", "--note=")):
+        elif not arg.startswith(tuple(f"{option}=" for option in _PER_FILE_OPTIONS)):
             kept.append(arg)
     return tuple(kept)
 
@@ -117,12 +124,12 @@ def markdown(paths: list[Path], variant: str) -> str:
     for rounds in runs.values():
         first = rounds[0][1]
         command = " ".join(["python -m bench.run", shlex.join(first["config"]["argv"])])
-        title = str(rounds[0][0]) + (f" and {len(rounds) - 1} more rounds" if len(rounds) > 1
-                                     else "")
+        title = str(rounds[0][0]) + (f" and {len(rounds) - 1} more results files"
+                                     if len(rounds) > 1 else "")
         machines = [f"Machine: {machine_line(result['machine'])}" for _, result in rounds]
         parts += [f"### {title}", "", *[m for line in machines for m in (line, "")]]
         if len(rounds) > 1:
-            parts += ["Rounds: " + ", ".join(str(path) for path, _ in rounds), ""]
+            parts += ["Files: " + ", ".join(str(path) for path, _ in rounds), ""]
         parts += [f"Command: `{command}`", "",
                   "| cell | part | batch | T | ours ms | peers ms (median) | fastest peer ms | "
                   "peer ÷ ours |", "|---|---|---|---|---|---|---|---|",

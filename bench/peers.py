@@ -3,6 +3,10 @@
 * Keras 3 on the JAX backend: ``Embedding -> SimpleRNN/LSTM/GRU x L -> Dense(1)``; the
   forward pass is ``predict_on_batch`` (Keras' jitted predict function), the train step
   is ``train_on_batch`` (Adam, binary cross-entropy from logits).
+* The same Keras model on the TensorFlow backend (``keras_tf``), compiled with Keras'
+  default ``jit_compile="auto"``. Keras fixes its backend when it is first imported, so
+  this peer runs in a process started with ``KERAS_BACKEND=tensorflow`` (and TensorFlow
+  installed: ``make venv-tf``), where the JAX-backend peer cannot run.
 * Flax linen: ``nn.Embed -> nn.RNN(nn.SimpleCell | nn.LSTMCell | nn.GRUCell) x L ->
   nn.Dense(1)``, jitted forward and an optax Adam train step.
 * PyTorch: ``nn.Embedding -> nn.RNN / nn.LSTM / nn.GRU(num_layers=L, batch_first=True)
@@ -23,8 +27,11 @@ import numpy as np
 
 from bench.entries import Entry, failed, new_entry
 
-PEERS = ("keras", "flax_linen", "torch")
-_MODULE = {"keras": "keras", "flax_linen": "flax.linen", "torch": "torch"}
+PEERS = ("keras", "keras_tf", "flax_linen", "torch")
+_MODULE = {"keras": "keras", "keras_tf": "tensorflow", "flax_linen": "flax.linen",
+           "torch": "torch"}
+# The Keras backend each Keras peer needs in its process.
+KERAS_BACKENDS = {"keras": "jax", "keras_tf": "tensorflow"}
 
 
 def available(name: str) -> tuple[bool, str]:
@@ -33,10 +40,13 @@ def available(name: str) -> tuple[bool, str]:
     top = module.split(".")[0]
     if importlib.util.find_spec(top) is None:
         return False, f"{top} not installed (pip install {top}); skipped"
-    if name == "keras":
-        backend = os.environ.get("KERAS_BACKEND", "jax")
-        if backend != "jax":
-            return False, f"KERAS_BACKEND={backend}; the Keras peer runs on the JAX backend only"
+    if name in KERAS_BACKENDS:
+        if importlib.util.find_spec("keras") is None:
+            return False, "keras not installed (pip install keras); skipped"
+        backend, wanted = os.environ.get("KERAS_BACKEND", "jax"), KERAS_BACKENDS[name]
+        if backend != wanted:
+            return False, (f"KERAS_BACKEND={backend}; the {name} peer runs in a process "
+                           f"started with KERAS_BACKEND={wanted}; skipped")
     return True, ""
 
 
@@ -57,7 +67,7 @@ def _gru_reset_after(layer) -> bool:
 
 # ----------------------------------------------------------------------------- Keras
 
-def keras_model(w, params, *, learning_rate: float = 1e-3):
+def keras_model(w, params, *, learning_rate: float = 1e-3, jit_compile: bool | str = True):
     """A compiled ``keras.Sequential`` computing our model, with our weights copied in."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
@@ -79,18 +89,20 @@ def keras_model(w, params, *, learning_rate: float = 1e-3):
         keras_layer.set_weights([layer["kernel"], layer["recurrent_kernel"], layer["bias"]])
     model.layers[-1].set_weights([p["dense_kernel"], p["dense_bias"]])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=True)
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
     return model
 
 
 class KerasPeer:
     name = "keras"
     compile_method = "first call minus steady-state median (Keras traces and compiles inside)"
+    jit_compile: bool | str = True  # the JAX backend always compiles
 
     def __init__(self, w, params, device, opts=None):
         import keras
         self.version = keras.__version__
-        self.model = keras_model(w, params)
+        self.model = keras_model(w, params, jit_compile=self.jit_compile)
 
     def forward(self, ids):
         return np.asarray(self.model.predict_on_batch(ids))[:, 0]
@@ -103,6 +115,20 @@ class KerasPeer:
 
     def memory(self):
         return {"source": None, "note": "Keras does not expose its compiled executables"}
+
+
+class KerasTensorFlowPeer(KerasPeer):
+    name = "keras_tf"
+    jit_compile = "auto"  # what model.compile() does unless told: XLA where the model allows
+
+    def __init__(self, w, params, device, opts=None):
+        super().__init__(w, params, device, opts)
+        import tensorflow as tf
+        self.version = f"{self.version} (TensorFlow {tf.__version__})"
+
+    def note(self) -> str:
+        """What Keras made of ``jit_compile="auto"``: XLA or not."""
+        return f"Keras on TensorFlow, jit_compile resolved to {self.model.jit_compile}"
 
 
 # ----------------------------------------------------------------------------- Flax linen
@@ -326,7 +352,8 @@ class TorchPeer:
         return {"source": None, "note": "no memory figure for PyTorch on CPU"}
 
 
-PEER_CLASSES = {"keras": KerasPeer, "flax_linen": FlaxPeer, "torch": TorchPeer}
+PEER_CLASSES = {"keras": KerasPeer, "keras_tf": KerasTensorFlowPeer, "flax_linen": FlaxPeer,
+                "torch": TorchPeer}
 
 
 def run_peer(name: str, w, device, opts, ours_logits) -> Entry:
@@ -388,3 +415,5 @@ def _run_peer(name, w, device, opts, ours_logits, entry):
     if name == "torch":
         entry["note"] = ((entry["note"] + "; " if entry["note"] else "")
                          + f"torch device {peer.dev}, {peer.threads} threads")
+    if name == "keras_tf":
+        entry["note"] = (entry["note"] + "; " if entry["note"] else "") + peer.note()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.peers import PEERS
+
 SWEEP_LABELS = {"T": "sequence length T", "L": "layers L", "H": "hidden units H",
                 "B": "batch size B", "cell": "cell"}
-
-
-PEERS = ("keras", "flax_linen", "torch")
 
 
 def _series(result, sweep, part, key):

@@ -56,14 +56,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JAX platform to run on: cpu, gpu (or cuda), tpu; "
                         "default: jax.devices()[0]")
     p.add_argument("--strategies", default=None,
-                   help="comma list of variants to run (e.g. scan,scan/u8,loop,fori); default: all")
+                   help="comma list of variants to run (e.g. scan,scan/u8,loop,fori), or 'none' "
+                        "(peers only); default: all")
     p.add_argument("--sweep-strategies", default=None,
                    help="variants for the sweeps other than 'tutorial' "
                         "(default: same as --strategies)")
     p.add_argument("--unrolls", default="1,2,4,8,16",
                    help="scan unroll values (default 1,2,4,8,16)")
     p.add_argument("--peers", default="keras,flax_linen,torch",
-                   help="comma list of peers, or 'none' (default: keras,flax_linen,torch)")
+                   help="comma list of peers, or 'none' (default: keras,flax_linen,torch; "
+                        "keras_tf: Keras on TensorFlow, in a process started with "
+                        "KERAS_BACKEND=tensorflow)")
     p.add_argument("--peers-in-sweeps", action="store_true",
                    help="also run the peers on every sweep point (default: tutorial workload only)")
     p.add_argument("--torch-threads", type=int, default=0,

@@ -100,9 +100,12 @@ def all_variants(unrolls=SCAN_UNROLLS) -> list[Variant]:
 
 
 def select_variants(variants: list[Variant], wanted: str | None) -> list[Variant]:
-    """Keep the variants named in the comma list ``wanted`` (names like ``scan/u4`` or ``loop``)."""
+    """Keep the variants named in the comma list ``wanted`` (names like ``scan/u4`` or
+    ``loop``); ``none``: no variant (a run of peers only, each in a process of its own)."""
     if not wanted:
         return variants
+    if wanted.strip() == "none":
+        return []
     names = [s.strip() for s in wanted.split(",") if s.strip()]
     known = {v.name: v for v in variants}
     unknown = [n for n in names if n not in known]

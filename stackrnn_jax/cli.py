@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("schedule", choices=SCHEDULES, help="learning-rate schedule after the warmup")
     flag("warmup_steps", type=int, help="linear warmup steps (0: none)")
     flag("clip_norm", type=float, help="global-norm gradient clipping (0: none)")
+    flag("average_decay", type=float,
+         help="validate and keep the moving average of the weights, this decay a step (0: off)")
     flag("dropout", type=float, help="dropout between RNN layers and before the head")
     flag("embed_dropout", type=float)
     flag("weight_dropout", type=float,

@@ -63,6 +63,9 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     clip_norm: float = 0.0  # 0 = no clipping
+    # > 0: validate, keep and predict with the moving average of the weights (this decay
+    # per step) instead of the last step's weights (averaging.py).
+    average_decay: float = 0.0
     seed: int = 0
     # Execution: how the same numbers are computed.
     dtype: str = "float32"  # compute dtype of the recurrence; parameters stay float32
@@ -97,7 +100,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_words < 4:  # ids 0-2 are reserved (padding, start, unknown)
             raise ValueError(f"num_words: expected at least 4, got {self.num_words}")
-        for name in ("dropout", "embed_dropout", "word_dropout", "weight_dropout"):
+        for name in ("dropout", "embed_dropout", "word_dropout", "weight_dropout",
+                     "average_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from stackrnn_jax import distributed, memory, run_dir
+from stackrnn_jax import averaging, distributed, memory, run_dir
 from stackrnn_jax.checkpoints import TrainCheckpoints
 from stackrnn_jax.config import TrainConfig
 from stackrnn_jax.data import (
@@ -86,13 +86,23 @@ def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
 
 def create_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """Adam on the schedule (AdamW when ``weight_decay > 0``), after global-norm clipping
-    when ``clip_norm > 0``."""
+    when ``clip_norm > 0``; then the weights' moving average when ``average_decay > 0``."""
     schedule = learning_rate(config, total_steps)
     adam = (optax.adamw(schedule, weight_decay=config.weight_decay) if config.weight_decay
             else optax.adam(schedule))
-    if not config.clip_norm:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
+    chain = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    chain.append(adam)
+    if config.average_decay:
+        chain.append(averaging.track_average(config.average_decay))
+    return chain[0] if len(chain) == 1 else optax.chain(*chain)
+
+
+def evaluated_weights(state, config: TrainConfig):
+    """The model state that validation scores and the run keeps: the moving average of the
+    weights with ``average_decay``, else the last step's (``state[0]``)."""
+    if not config.average_decay:
+        return state[0]
+    return averaging.averaged_model_state(state, config.average_decay)
 
 
 def zero_totals() -> Totals:
@@ -397,7 +407,8 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
                 on_checkpoint=save_checkpoint, on_sync=scalars.sync)
             position, totals = Position(epoch + 1, 0, position.step), None
             train_s = time.perf_counter() - start
-            val_metrics = evaluate(eval_step, state[0], val, config.batch_size, timer, layout,
+            weights = evaluated_weights(state, config)
+            val_metrics = evaluate(eval_step, weights, val, config.batch_size, timer, layout,
                                    **bucketing(config))
             row = _epoch_row(epoch, metrics, val_metrics, timer, train_s,
                              time.perf_counter() - start, steps)
@@ -406,7 +417,7 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             if writer:
                 print(_epoch_line(row, config.epochs), file=out, flush=True)
             if history["best_epoch"] is None or row["val_accuracy"] > history["best_val_accuracy"]:
-                _keep_best(workdir, history, row, state[0])
+                _keep_best(workdir, history, row, weights)
             if writer:
                 _write(workdir, run_dir.write_history, workdir, _with_totals(history))
             save_checkpoint(state, None, position)  # the epoch is done: resume at the next

@@ -77,6 +77,7 @@ def test_missing_config_file(tmp_path):
     ({"dropout": 1.0}, "dropout: expected a rate"),
     ({"word_dropout": -0.1}, "word_dropout: expected a rate"),
     ({"weight_dropout": 1.0}, "weight_dropout: expected a rate"),
+    ({"average_decay": 1.0}, r"average_decay: expected a rate in \[0, 1\)"),
     ({"val_fraction": 0.0}, "val_fraction"),
     ({"val_split": "title"}, "val_split: expected one of random, movie"),
     ({"learning_rate": -1.0}, "learning_rate"),
@@ -90,10 +91,10 @@ def test_invalid_values(changes, message):
 
 
 def test_a_saved_config_without_later_fields_loads_with_their_defaults():
-    """config.json of a run from before val_split (and word_dropout, weight_dropout)
-    existed."""
+    """config.json of a run from before val_split (and word_dropout, weight_dropout,
+    average_decay) existed."""
     saved = {k: v for k, v in TrainConfig(cell="gru").to_dict().items()
-             if k not in ("val_split", "word_dropout", "weight_dropout")}
+             if k not in ("val_split", "word_dropout", "weight_dropout", "average_decay")}
     config = TrainConfig.from_dict(json.loads(json.dumps(saved)))
     assert config == TrainConfig(cell="gru") and config.val_split == "random"
 

@@ -64,11 +64,36 @@ def test_rounds_of_one_run_make_one_table(tmp_path):
     out = tmp_path / "tables.md"
     peer_ratios.main([*map(str, paths), str(other), "--out", str(out)])
     text = out.read_text()
-    assert text.count("### ") == 2 and "r0.json and 2 more rounds" in text
+    assert text.count("### ") == 2 and "r0.json and 2 more results files" in text
     rows = [line for line in text.splitlines() if line.startswith("| lstm")]
     assert rows[0] == ("| lstm | inference | 256 | 500 | 100.0 (80.0-120.0, 3 rounds) | "
                        "Flax 150.0 | Flax 150.0 (150.0-200.0, 3 rounds) | 1.50x (1.25-2.50x) |")
     assert rows[1].endswith("| 1.00x |")
+
+
+def test_a_process_per_implementation_makes_one_table(tmp_path):
+    """Two rounds, each with ours and each peer in a process (and file) of its own: one
+    table; each round's ratio pairs that round's files."""
+    paths = []
+    for n, (ours, flax, keras_tf) in enumerate([(0.100, 0.150, 0.300), (0.120, 0.200, 0.180)]):
+        for impl, kind, seconds, options in (
+                ("stackrnn_jax", "ours", ours, ["--strategies", "auto", "--peers", "none"]),
+                ("flax_linen", "peer", flax, ["--strategies", "none", "--peers", "flax_linen"]),
+                ("keras_tf", "peer", keras_tf, ["--strategies=none", "--peers=keras_tf"])):
+            path = tmp_path / f"r{n}-{impl}.json"
+            path.write_text(json.dumps({
+                "machine": MACHINE, "config": {"argv": ["--forward-only", *options]},
+                "entries": [_entry(kind, impl, "auto" if kind == "ours" else impl, seconds)]}))
+            paths.append(path)
+    out = tmp_path / "tables.md"
+    peer_ratios.main([*map(str, paths), "--out", str(out)])
+    text = out.read_text()
+    assert text.count("### ") == 1 and "and 5 more results files" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| lstm")]
+    # medians of the rounds: ours 110, Flax 175, Keras (TF) 240; per round: 150/100, 180/120
+    assert row == ("| lstm | inference | 256 | 500 | 110.0 (100.0-120.0, 2 rounds) | "
+                   "Flax 175.0, Keras (TF) 240.0 | Flax 175.0 (150.0-200.0, 2 rounds) | "
+                   "1.59x (1.50-1.67x) |")
 
 
 def test_missing_results_file_is_one_line(tmp_path):
