@@ -73,8 +73,9 @@ def test_the_gated_kernels_are_in_the_lowered_program(cell, reset_after):
     x = jnp.ones((2, 5, 3))
     run = lambda p, x: stacked_rnn(p, x, cell=cell, strategy="cpu_native")  # noqa: E731
     text = _hlo(run, params, x)
-    assert text.count("stackrnn_gated_infer") == 2  # one call per layer, nothing stored
-    assert "stackrnn_gated_train" not in text
+    # Inference: one call for the whole stack (its layers advance together), nothing stored.
+    assert text.count("stackrnn_gated_infer_stack") == 1
+    assert text.count("stackrnn_gated_infer") == 1 and "stackrnn_gated_train" not in text
     grad_text = _hlo(jax.grad(lambda p, x: run(p, x).sum()), params, x)
     assert grad_text.count("stackrnn_gated_train") == 2
     assert grad_text.count("stackrnn_gated_backward") == 2
@@ -85,7 +86,7 @@ def test_the_simple_cell_infers_in_the_gated_kernel_and_trains_in_its_own():
     params = _params("simple", True, 3, [4, 3], jnp.float32)
     x = jnp.ones((2, 5, 3))
     run = lambda p, x: stacked_rnn(p, x, strategy="cpu_native")  # noqa: E731
-    assert _hlo(run, params, x).count("stackrnn_gated_infer") == 2
+    assert _hlo(run, params, x).count("stackrnn_gated_infer_stack") == 1
     grad_text = _hlo(jax.grad(lambda p, x: run(p, x).sum()), params, x)
     assert grad_text.count("stackrnn_simple_forward") == 2
     assert grad_text.count("stackrnn_simple_backward") == 2
@@ -94,14 +95,27 @@ def test_the_simple_cell_infers_in_the_gated_kernel_and_trains_in_its_own():
 SLOW = pytest.mark.slow
 
 
+def test_a_stack_with_dropout_between_layers_infers_layer_by_layer():
+    """Dropout between the layers (a training-mode forward pass) scales the layer below's
+    outputs before the next reads them: the one-call stack does not apply, each layer has
+    its own call."""
+    params = _params("lstm", True, 3, [4, 3], jnp.float32)
+    x = jnp.ones((2, 5, 3))
+    text = _hlo(lambda p, x: stacked_rnn(p, x, cell="lstm", strategy="cpu_native", dropout=0.5,
+                                         dropout_rng=jax.random.key(0)), params, x)
+    assert "stackrnn_gated_infer_stack" not in text
+    assert text.count("stackrnn_gated_infer") == 2
+
+
 @pytest.mark.parametrize("cell,reset_after,padding", [
     ("lstm", True, "pre"), ("simple", True, "post"),
     pytest.param("gru", True, "pre", marks=SLOW), pytest.param("gru", False, "post", marks=SLOW)])
 def test_final_state_only_inference_matches_the_reference(cell, reset_after, padding):
-    """Without return_sequences the top layer's inference kernel keeps only the final
-    state (sequences = 0; the layer below still writes its states): float64 final states
-    against the reference, masked rows (one empty) and initial states included; the same
-    model differentiated (the top layer's ys then not an output) against scan."""
+    """Without return_sequences the stack's inference kernel keeps only the final states
+    (sequences = 0; the layers advance together, so none writes its states): float64
+    final states against the reference, masked rows (one empty) and initial states
+    included; the same model differentiated (the top layer's ys then not an output)
+    against scan."""
     with jax.enable_x64(True):
         params, x, h0, lengths = _float64_problem(cell, reset_after, seed=5)
         kw = dict(cell=cell, lengths=lengths, padding=padding, return_state=True)
@@ -110,8 +124,8 @@ def test_final_state_only_inference_matches_the_reference(cell, reset_after, pad
             return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
         text = _hlo(run("cpu_native"), params, x, h0)
         calls = [line for line in text.splitlines() if "stackrnn_gated_infer" in line]
-        assert ["sequences = 1" in c for c in calls] == [True, False]
-        assert ["sequences = 0" in c for c in calls] == [False, True]
+        assert len(calls) == 1 and "stackrnn_gated_infer_stack" in calls[0]
+        assert "sequences = 0" in calls[0]
         ours = jax.jit(run("cpu_native"))(params, x, h0)
         assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
 

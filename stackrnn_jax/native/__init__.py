@@ -41,6 +41,7 @@ TARGETS = {"stackrnn_simple_forward": "StackrnnSimpleForward",
            "stackrnn_simple_backward": "StackrnnSimpleBackward",
            "stackrnn_gated_train": "StackrnnGatedTrain",
            "stackrnn_gated_infer": "StackrnnGatedInfer",
+           "stackrnn_gated_infer_stack": "StackrnnGatedInferStack",
            "stackrnn_gated_backward": "StackrnnGatedBackward"}
 
 

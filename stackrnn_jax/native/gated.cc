@@ -142,38 +142,42 @@ struct Layer {
   const bool* mask;
 };
 
-// Rows [b0, b1) of the forward pass: hs, the final cell state (LSTM) and, when stash is
-// not null, the stash. sequences false (inference of a layer read only through its final
-// state): hs is (batch, u), the last step's state only; the steps' states live in two
-// running buffers, so no (time, batch, u) array is written (and, under glibc's default
-// allocator, page-faulted in).
+// Rows [b0, b1) of one layer's forward pass, a step at a time: hs, the final cell state
+// (LSTM) and, when stash is not null, the stash. sequences false (inference of a layer
+// read only through its final state, or a layer below another in the same call): hs is
+// (batch, u), the last step's state only; the steps' states live in two running buffers,
+// so no (time, batch, u) array is written (and, under glibc's default allocator,
+// page-faulted in). The input rows of each step are handed in, so that a stack's layers
+// can advance together (stack_rows: the layer below's state is the input).
 template <typename T, int kAct>
-void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash,
-                  bool sequences) {
-  const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
-  const int64_t rows = b1 - b0, step = L.batch * u;
-  std::vector<T> states[2] = {std::vector<T>(sequences ? 0 : rows * u),
-                              std::vector<T>(sequences ? 0 : rows * u)};
+class RowsForward {
+ public:
+  RowsForward(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* stash, bool sequences)
+      : L_(L), b0_(b0), rows_(b1 - b0), u_(L.units), g_(gates_of(L.cell) * L.units),
+        s_(stash_of(L.cell) * L.units), hs_(hs), stash_(stash), sequences_(sequences),
+        states_{std::vector<T>(sequences ? 0 : rows_ * u_),
+                std::vector<T>(sequences ? 0 : rows_ * u_)},
+        gates_(stash ? 0 : rows_ * s_), rec_(rows_ * g_),
+        cells_{std::vector<T>(stash ? 0 : rows_ * u_), std::vector<T>(stash ? 0 : rows_ * u_)} {}
+
   // The state after step t of this chunk's rows (rows u apart either way).
-  auto state = [&](int64_t t) {
-    return sequences ? hs + t * step + b0 * u : states[t % 2].data();
-  };
-  // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
-  // previous step's and this one's) live here.
-  std::vector<T> gates(stash ? 0 : rows * s), rec(rows * g);
-  std::vector<T> cells[2] = {std::vector<T>(stash ? 0 : rows * u),
-                             std::vector<T>(stash ? 0 : rows * u)};
-  for (int64_t t = 0; t < L.time; ++t) {
-    const T* hp = t == 0 ? L.h0 + b0 * u : state(t - 1);
+  T* state(int64_t t) {
+    return sequences_ ? hs_ + (t * L_.batch + b0_) * u_ : states_[t % 2].data();
+  }
+
+  // Step t; x: its input rows, lx apart.
+  void step(int64_t t, const T* x, int64_t lx) {
+    const int64_t u = u_, g = g_, s = s_, rows = rows_;
+    const T* hp = t == 0 ? L_.h0 + b0_ * u : state(t - 1);
     T* h = state(t);
-    T* st = stash ? stash + (t * L.batch + b0) * s : gates.data();
-    const bool* m = L.mask + t * L.batch + b0;
+    T* st = stash_ ? stash_ + (t * L_.batch + b0_) * s : gates_.data();
+    const bool* m = L_.mask + t * L_.batch + b0_;
     // The input term b_in + x_t W_x, into the stash's first G*u columns; the SimpleRNN's
     // and the LSTM's z = b_in + x_t W_x + h W_h in one pass.
-    const bool one_pass = L.cell == kSimple || L.cell == kLstm;
-    block_times(rows, L.xs + (t * L.batch + b0) * L.inputs, L.inputs, L.w_x, g, L.b_in, 0,
-                st, s, L.inputs, g, one_pass ? Term<T>{hp, u, L.w_h, g, u} : Term<T>{});
-    if (L.cell == kSimple) {
+    const bool one_pass = L_.cell == kSimple || L_.cell == kLstm;
+    block_times(rows, x, lx, L_.w_x, g, L_.b_in, 0, st, s, L_.inputs, g,
+                one_pass ? Term<T>{hp, u, L_.w_h, g, u} : Term<T>{});
+    if (L_.cell == kSimple) {
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
           simple_output<T, kAct>(st + r * s, h + r * u, u);
@@ -181,13 +185,13 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
           std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
         }
       }
-    } else if (L.cell == kLstm) {
+    } else if (L_.cell == kLstm) {
       // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
-      const int64_t lc = stash ? s : u;
-      const T* cp = t == 0 ? L.c0 + b0 * u
-                           : stash ? st - L.batch * s + 4 * u : cells[(t - 1) % 2].data();
+      const int64_t lc = stash_ ? s : u;
+      const T* cp = t == 0 ? L_.c0 + b0_ * u
+                           : stash_ ? st - L_.batch * s + 4 * u : cells_[(t - 1) % 2].data();
       const int64_t lcp = t == 0 ? u : lc;
-      T* c = stash ? st + 4 * u : cells[t % 2].data();
+      T* c = stash_ ? st + 4 * u : cells_[t % 2].data();
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
           lstm_gates<T, kAct>(st + r * s, cp + r * lcp, c + r * lc, h + r * u, u);
@@ -196,25 +200,24 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
           std::copy(cp + r * lcp, cp + r * lcp + u, c + r * lc);
         }
       }
-      if (t == L.time - 1)
-        for (int64_t r = 0; r < rows; ++r)
-          std::copy(c + r * lc, c + r * lc + u, c_last + (b0 + r) * u);
-    } else if (L.cell == kGruAfter) {
-      block_times(rows, hp, u, L.w_h, g, L.b_rec, 0, rec.data(), g, u, g);  // h W_h + b_rec
+      last_cells_ = c;
+      last_cells_step_ = lc;
+    } else if (L_.cell == kGruAfter) {
+      block_times(rows, hp, u, L_.w_h, g, L_.b_rec, 0, rec_.data(), g, u, g);  // h W_h + b_rec
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
-          gru_after_gates<T, kAct>(st + r * s, rec.data() + r * g, hp + r * u, h + r * u, u);
+          gru_after_gates<T, kAct>(st + r * s, rec_.data() + r * g, hp + r * u, h + r * u, u);
         } else {
           std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
         }
       }
     } else {
-      block_times(rows, hp, u, L.w_h, g, static_cast<const T*>(nullptr), 0, rec.data(), g, u,
-                  2 * u);  // h W_h[:, :2u]
+      block_times(rows, hp, u, L_.w_h, g, static_cast<const T*>(nullptr), 0, rec_.data(), g,
+                  u, 2 * u);  // h W_h[:, :2u]
       for (int64_t r = 0; r < rows; ++r)
-        gru_before_gates<T>(st + r * s, rec.data() + r * g, hp + r * u, u);
+        gru_before_gates<T>(st + r * s, rec_.data() + r * g, hp + r * u, u);
       // xw_n + (r h) W_h[:, 2u:], in place.
-      block_times(rows, st + 3 * u, s, L.w_h + 2 * u, g, st + 2 * u, s, st + 2 * u, s, u, u);
+      block_times(rows, st + 3 * u, s, L_.w_h + 2 * u, g, st + 2 * u, s, st + 2 * u, s, u, u);
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
           gru_before_output<T, kAct>(st + r * s, hp + r * u, h + r * u, u);
@@ -224,15 +227,72 @@ void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T
       }
     }
   }
-  if (!sequences) {
-    const T* last = L.time == 0 ? L.h0 + b0 * u : state(L.time - 1);
-    std::copy(last, last + rows * u, hs + b0 * u);
+
+  // After the last step: the final state into h_last (batch, u) (unless h_last is the kept
+  // steps' states themselves), and the final cell state (zeros but for the LSTM) into
+  // c_last (batch, u).
+  void finish(T* h_last, T* c_last) {
+    const int64_t u = u_, b1 = b0_ + rows_;
+    if (!sequences_ || h_last != hs_) {
+      const T* last = L_.time == 0 ? L_.h0 + b0_ * u : state(L_.time - 1);
+      std::copy(last, last + rows_ * u, h_last + b0_ * u);
+    }
+    if (L_.cell != kLstm) {
+      std::fill(c_last + b0_ * u, c_last + b1 * u, T(0));
+    } else if (L_.time == 0) {
+      std::copy(L_.c0 + b0_ * u, L_.c0 + b1 * u, c_last + b0_ * u);
+    } else {
+      for (int64_t r = 0; r < rows_; ++r)
+        std::copy(last_cells_ + r * last_cells_step_, last_cells_ + r * last_cells_step_ + u,
+                  c_last + (b0_ + r) * u);
+    }
   }
-  if (L.cell != kLstm) {
-    std::fill(c_last + b0 * u, c_last + b1 * u, T(0));
-  } else if (L.time == 0) {
-    std::copy(L.c0 + b0 * u, L.c0 + b1 * u, c_last + b0 * u);
+
+ private:
+  const Layer<T>& L_;
+  const int64_t b0_, rows_, u_, g_, s_;
+  T* const hs_;
+  T* const stash_;
+  const bool sequences_;
+  std::vector<T> states_[2];
+  // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
+  // previous step's and this one's) live here.
+  std::vector<T> gates_, rec_;
+  std::vector<T> cells_[2];
+  const T* last_cells_ = nullptr;  // the LSTM's c after the latest step, rows apart by:
+  int64_t last_cells_step_ = 0;
+};
+
+// One layer's forward pass over rows [b0, b1) (RowsForward over the layer's own input).
+template <typename T, int kAct>
+void forward_rows(const Layer<T>& L, int64_t b0, int64_t b1, T* hs, T* c_last, T* stash,
+                  bool sequences) {
+  RowsForward<T, kAct> run(L, b0, b1, hs, stash, sequences);
+  for (int64_t t = 0; t < L.time; ++t)
+    run.step(t, L.xs + (t * L.batch + b0) * L.inputs, L.inputs);
+  run.finish(hs, c_last);
+}
+
+// Inference of a stack over rows [b0, b1): every layer advances one step before the next
+// step begins, each reading the state the layer below has just formed, so no layer's
+// (time, batch, u) outputs are written but the top's (when sequences: into hs_top).
+// h_last[l] and c_last[l] (batch, u_l): each layer's final states.
+template <typename T, int kAct>
+void stack_rows(const std::vector<Layer<T>>& layers, int64_t b0, int64_t b1, T* hs_top,
+                const std::vector<T*>& h_last, const std::vector<T*>& c_last, bool sequences) {
+  const int64_t n = static_cast<int64_t>(layers.size());
+  std::vector<std::unique_ptr<RowsForward<T, kAct>>> runs;
+  for (int64_t l = 0; l < n; ++l) {
+    const bool top_sequences = sequences && l == n - 1;
+    runs.push_back(std::make_unique<RowsForward<T, kAct>>(
+        layers[l], b0, b1, top_sequences ? hs_top : h_last[l], nullptr, top_sequences));
   }
+  const Layer<T>& first = layers[0];
+  for (int64_t t = 0; t < first.time; ++t) {
+    runs[0]->step(t, first.xs + (t * first.batch + b0) * first.inputs, first.inputs);
+    for (int64_t l = 1; l < n; ++l) runs[l]->step(t, runs[l - 1]->state(t), layers[l - 1].units);
+  }
+  for (int64_t l = 0; l < n; ++l) runs[l]->finish(h_last[l], c_last[l]);
 }
 
 // The backward pass's elementwise work for one row (noinline with __restrict, as above).
@@ -430,28 +490,37 @@ void by_activation(int64_t activation, Run run) {
   }
 }
 
-ffi::Error check_layer(int64_t cell, int64_t activation, const ffi::AnyBuffer& xs,
-                       const ffi::AnyBuffer& w_x, const ffi::AnyBuffer& w_h,
-                       const ffi::AnyBuffer& h0, const ffi::AnyBuffer& c0,
-                       const ffi::AnyBuffer& mask) {
+// A layer of `inputs` features over (time, batch) steps: its weights, carries and mask.
+ffi::Error check_weights(int64_t cell, int64_t activation, int64_t time, int64_t batch,
+                         int64_t inputs, ffi::DataType type, const ffi::AnyBuffer& w_x,
+                         const ffi::AnyBuffer& w_h, const ffi::AnyBuffer& h0,
+                         const ffi::AnyBuffer& c0, const ffi::AnyBuffer& mask) {
   if (cell < 0 || cell > 3 || activation < 0 || activation > 1) {
     return ffi::Error::InvalidArgument("stackrnn gated: unknown cell or activation code");
   }
-  auto x = xs.dimensions(), wx = w_x.dimensions(), wh = w_h.dimensions(), h = h0.dimensions(),
-       c = c0.dimensions(), m = mask.dimensions();
+  auto wx = w_x.dimensions(), wh = w_h.dimensions(), h = h0.dimensions(), c = c0.dimensions(),
+       m = mask.dimensions();
   const int64_t g = gates_of(cell);
-  if (x.size() != 3 || wx.size() != 2 || wh.size() != 2 || h.size() != 2 || c.size() != 2 ||
-      m.size() != 2 || wx[0] != x[2] || wh[1] != g * wh[0] || wx[1] != wh[1] ||
-      h[0] != x[1] || h[1] != wh[0] || c[0] != h[0] || c[1] != h[1] || m[0] != x[0] ||
-      m[1] != x[1]) {
+  if (wx.size() != 2 || wh.size() != 2 || h.size() != 2 || c.size() != 2 || m.size() != 2 ||
+      wx[0] != inputs || wh[1] != g * wh[0] || wx[1] != wh[1] || h[0] != batch ||
+      h[1] != wh[0] || c[0] != h[0] || c[1] != h[1] || m[0] != time || m[1] != batch) {
     return ffi::Error::InvalidArgument("stackrnn gated: inconsistent shapes");
   }
-  const auto type = xs.element_type();
   if (w_x.element_type() != type || w_h.element_type() != type || h0.element_type() != type ||
       c0.element_type() != type || mask.element_type() != ffi::DataType::PRED) {
     return ffi::Error::InvalidArgument("stackrnn gated: mixed dtypes or a non-bool mask");
   }
   return ffi::Error::Success();
+}
+
+ffi::Error check_layer(int64_t cell, int64_t activation, const ffi::AnyBuffer& xs,
+                       const ffi::AnyBuffer& w_x, const ffi::AnyBuffer& w_h,
+                       const ffi::AnyBuffer& h0, const ffi::AnyBuffer& c0,
+                       const ffi::AnyBuffer& mask) {
+  auto x = xs.dimensions();
+  if (x.size() != 3) return ffi::Error::InvalidArgument("stackrnn gated: inconsistent shapes");
+  return check_weights(cell, activation, x[0], x[1], x[2], xs.element_type(), w_x, w_h, h0, c0,
+                       mask);
 }
 
 template <typename T>
@@ -516,6 +585,80 @@ ffi::Error Infer(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x, ff
                  int64_t sequences) {
   return forward(pool, xs, w_x, b_in, w_h, b_rec, h0, c0, mask, &*hs, &*c_last, nullptr, cell,
                  activation, sequences != 0);
+}
+
+// Inference of a stack of one cell in one call (stack_rows): xs (time, batch, inputs) and
+// mask (time, batch), then six buffers a layer: w_x, b_in, w_h, b_rec, h0, c0. Returns two
+// a layer, its final h and c (batch, u), then with sequences the top layer's states
+// (time, batch, u_top).
+ffi::Error InferStack(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer mask,
+                      ffi::RemainingArgs weights, ffi::RemainingRets outputs, int64_t cell,
+                      int64_t activation, int64_t sequences) {
+  const int64_t n = static_cast<int64_t>(weights.size()) / 6;
+  if (n < 1 || static_cast<int64_t>(weights.size()) != 6 * n ||
+      static_cast<int64_t>(outputs.size()) != 2 * n + (sequences ? 1 : 0)) {
+    return ffi::Error::InvalidArgument("stackrnn gated stack: expected 6 inputs and 2 outputs "
+                                       "a layer (and the top's states with sequences)");
+  }
+  auto x = xs.dimensions();
+  if (x.size() != 3) return ffi::Error::InvalidArgument("stackrnn gated: inconsistent shapes");
+  std::vector<ffi::AnyBuffer> w;
+  for (int64_t i = 0; i < 6 * n; ++i) {
+    auto arg = weights.get<ffi::AnyBuffer>(i);
+    if (arg.has_error()) return arg.error();
+    w.push_back(*arg);
+  }
+  std::vector<ffi::Result<ffi::AnyBuffer>> out;
+  for (int64_t i = 0; i < 2 * n + (sequences ? 1 : 0); ++i) {
+    auto ret = outputs.get<ffi::AnyBuffer>(i);
+    if (ret.has_error()) return ret.error();
+    out.push_back(*ret);
+  }
+  int64_t inputs = x[2];
+  for (int64_t l = 0; l < n; ++l) {
+    const auto& h0 = w[6 * l + 4];
+    if (auto error = check_weights(cell, activation, x[0], x[1], inputs, xs.element_type(),
+                                   w[6 * l], w[6 * l + 2], h0, w[6 * l + 5], mask);
+        error.failure())
+      return error;
+    for (int64_t k : {2 * l, 2 * l + 1}) {
+      auto d = out[k]->dimensions();
+      if (d.size() != 2 || d[0] != x[1] || d[1] != h0.dimensions()[1])
+        return ffi::Error::InvalidArgument("stackrnn gated stack: a final state's shape");
+    }
+    inputs = h0.dimensions()[1];
+  }
+  if (sequences) {
+    auto top = out[2 * n]->dimensions();
+    if (top.size() != 3 || top[0] != x[0] || top[1] != x[1] || top[2] != inputs)
+      return ffi::Error::InvalidArgument("stackrnn gated stack: the top's states' shape");
+  }
+  return by_dtype(xs.element_type(), "gated", [&](auto type) {
+    using T = decltype(type);
+    std::vector<Layer<T>> layers;
+    std::vector<T*> h_last, c_last;
+    int64_t features = x[2];
+    for (int64_t l = 0; l < n; ++l) {
+      const ffi::AnyBuffer* b = &w[6 * l];
+      layers.push_back(Layer<T>{x[0], x[1], b[4].dimensions()[1], features, cell,
+                                l == 0 ? xs.typed_data<T>() : nullptr, b[0].typed_data<T>(),
+                                b[1].typed_data<T>(), b[2].typed_data<T>(),
+                                b[3].typed_data<T>(), b[4].typed_data<T>(),
+                                b[5].typed_data<T>(),
+                                static_cast<const bool*>(mask.untyped_data())});
+      h_last.push_back(out[2 * l]->typed_data<T>());
+      c_last.push_back(out[2 * l + 1]->typed_data<T>());
+      features = layers.back().units;
+    }
+    T* hs_top = sequences ? out[2 * n]->typed_data<T>() : nullptr;
+    if (hs_top) stackrnn::prefer_huge_pages(hs_top, out[2 * n]->size_bytes());
+    by_activation(activation, [&](auto code) {
+      over_rows(pool, x[1], [&](int64_t b0, int64_t b1) {
+        stack_rows<T, decltype(code)::value>(layers, b0, b1, hs_top, h_last, c_last,
+                                             sequences != 0);
+      });
+    });
+  });
 }
 
 template <typename T>
@@ -609,6 +752,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedInfer, Infer,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()  // hs, or the final h
                                   .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("sequences"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackrnnGatedInferStack, InferStack,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // mask
+                                  .RemainingArgs()        // six a layer
+                                  .RemainingRets()        // two a layer, [top's states]
                                   .Attr<int64_t>("cell")
                                   .Attr<int64_t>("activation")
                                   .Attr<int64_t>("sequences"));

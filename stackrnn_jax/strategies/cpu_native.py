@@ -24,7 +24,12 @@ LSTM and GRU (both ``reset_after`` variants; ``gated.cc``): each step's input te
 is written and read back, then all gates' recurrent term in one row matmul against
 ``W_h (units, gates*units)``. Without differentiation the kernel keeps nothing but the
 states, and of the top layer of a stack read only through its final state
-(``stacked_rnn`` without ``return_sequences``) only that state; under ``jax.grad`` it
+(``stacked_rnn`` without ``return_sequences``) only that state; a stack of two or more
+layers without dropout between them runs in one call whose layers advance a step at a
+time together, each reading the state the layer below has just formed, so no layer
+below the top writes its ``(time, batch, units)`` states (at batch 256, T 500 those were
+tens of MB a layer, page-faulted in anew each call under glibc's default malloc); under
+``jax.grad`` it
 also stores each step's gate activations (and the LSTM's cell state), from which the
 backward kernel runs the reverse loop, forms the input's gradient per step and sums
 ``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
@@ -215,5 +220,93 @@ def run_layer(cell, params, xs, mask, carry, *, unroll=1, sequences=True):
                         tuple(c.astype(dtype) for c in carry), xs.astype(dtype), steps)
 
 
-run_stack = register("cpu_native", layer_by_layer(run_layer, projected=False,
-                                                  final_only=True))
+_by_layer = layer_by_layer(run_layer, projected=False, final_only=True)
+
+
+def _code(cell) -> int:
+    if cell.name == "simple":
+        return SIMPLE
+    return LSTM if cell.name == "lstm" else (GRU_AFTER if cell.reset_after else GRU_BEFORE)
+
+
+def _infer_stack(cell, masked, sequences, layers, xs, mask, carries):
+    """Every layer of a one-dtype stack in one ``gated.cc`` call (``stackrnn_gated_infer_stack``):
+    the layers advance a step at a time together, so no layer below the top writes its
+    ``(time, batch, units)`` states. Same ``(ys, finals)`` as the layer-by-layer path."""
+    code = _code(cell)
+    weights, finals_shapes = [], []
+    for params, carry in zip(layers, carries, strict=True):
+        bias = params["bias"]
+        b_in, b_rec = (bias[0], bias[1]) if code == GRU_AFTER else (bias, jnp.zeros_like(bias))
+        h0 = carry[0]
+        weights += [params["kernel"], b_in, params["recurrent_kernel"], b_rec, h0,
+                    carry[1] if code == LSTM else h0]
+        finals_shapes += [jax.ShapeDtypeStruct(h0.shape, xs.dtype)] * 2
+    time, batch = xs.shape[:2]
+    top_units = carries[-1][0].shape[-1]
+    shapes = finals_shapes + ([jax.ShapeDtypeStruct((time, batch, top_units), xs.dtype)]
+                              if sequences else [])
+    outputs = _ffi("stackrnn_gated_infer_stack", tuple(shapes), xs, mask, *weights, cell=code,
+                   activation=ACTIVATION_CODES[cell.activation], sequences=sequences)
+    finals = [(outputs[2 * i], outputs[2 * i + 1]) if code == LSTM else (outputs[2 * i],)
+              for i in range(len(layers))]
+    if not sequences:
+        return None, finals
+    hs = outputs[-1]
+    return (jnp.where(mask[..., None], hs, jnp.zeros_like(hs)) if masked else hs), finals
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused_stack(cell, masked, sequences, layers, xs, mask, carries):
+    """A unidirectional stack without dropout: one call for all layers without
+    differentiation (``_infer_stack``); under ``jax.grad`` the layer-by-layer kernels,
+    whose forward pass keeps what their backward pass reads."""
+    return _infer_stack(cell, masked, sequences, layers, xs, mask, carries)
+
+
+def _by_layer_stack(cell, masked, sequences, layers, xs, mask, carries):
+    between = [None] * (len(layers) - 1)
+    return _by_layer(cell, layers, xs, mask if masked else None, carries, between,
+                     sequences=sequences)
+
+
+def _fused_fwd(cell, masked, sequences, layers, xs, mask, carries):
+    out, backward = jax.vjp(
+        lambda ls, x, cs: _by_layer_stack(cell, masked, sequences, ls, x, mask, cs),
+        layers, xs, carries)
+    return out, backward  # jax.vjp's function is a pytree of its residuals
+
+
+def _fused_bwd(cell, masked, sequences, backward, cotangents):
+    d_layers, d_xs, d_carries = backward(cotangents)
+    return d_layers, d_xs, None, d_carries
+
+
+_fused_stack.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _stack_dtype(layers, xs, carries):
+    """The one dtype of a stack's inputs, weights and carries, or None if they differ."""
+    arrays = [xs, *(p[k] for p in layers for k in ("kernel", "recurrent_kernel", "bias")),
+              *(c for carry in carries for c in carry)]
+    dtypes = {jnp.dtype(a.dtype) for a in arrays}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def run_stack(cell, layers, xs, mask, carries, between, *, unroll=1, sequences=True):
+    """The stack layer by layer (``run_layer``), or, for two or more layers of one dtype
+    with no dropout between them, ``_fused_stack``: its inference runs all layers in one
+    kernel call. ``mask (time, batch)`` or None; ``sequences``: whether the top layer's
+    outputs are read (else ys may be None)."""
+    dtype = _stack_dtype(layers, xs, carries)
+    if (len(layers) < 2 or any(b is not None for b in between) or dtype is None
+            or not covers(cell, dtype)):
+        return _by_layer(cell, layers, xs, mask, carries, between, unroll=unroll,
+                         sequences=sequences)
+    steps = jnp.ones(xs.shape[:2], bool) if mask is None else mask
+    ys, finals = _fused_stack(cell, mask is not None, sequences, list(layers), xs, steps,
+                              [tuple(c) for c in carries])
+    return ys, finals
+
+
+register("cpu_native", run_stack)
