@@ -6,6 +6,9 @@
 // W_x (inputs, G*units)), so no hoisted (time, batch, G*units) projection is written to
 // memory and read back; then the G gates' recurrent term in one row matmul against
 // W_h (units, G*units), then the gates elementwise (vectorised sigmoid and tanh).
+// Inference of a whole unidirectional stack can run in one call (InferStack): each
+// chunk's layers advance a step at a time together, the layer above reading the state
+// the layer below has just formed, so only the top layer's states may be written out.
 //
 // cell 0, LSTM (gates i f c o):  z = b + x W_x + h W_h; i, f, o = sigmoid; g = act(z_c);
 //   c_t = f c + i g; h_t = o act(c_t).
