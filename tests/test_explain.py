@@ -71,7 +71,10 @@ def test_page_shows_each_token_its_probability_and_every_layer(workdir, tmp_path
         tokens = section["tokens"]
         assert [t["text"] for t in tokens] == expected.tokens
         np.testing.assert_allclose([t["p"] for t in tokens], expected.probabilities, atol=1e-6)
-        assert round(tokens[-1]["p"], 4) == printed[number - 1]   # the curve ends at predict's
+        # The curve ends at predict's probability (printed to 4 decimals; the two are
+        # computed by different programs, so a value on a rounding boundary may print
+        # either way).
+        assert abs(tokens[-1]["p"] - printed[number - 1]) <= 0.5e-4 + 1e-6
         marked = [t["text"] for t in tokens if "oov" in t["classes"]]
         assert marked == [w for w, oov in zip(expected.tokens, expected.oov) if oov]
         assert all("not in the vocabulary" in t["title"] for t in tokens if "oov" in t["classes"])
