@@ -138,6 +138,25 @@ def test_final_state_only_inference_matches_the_reference(cell, reset_after, pad
         assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
 
 
+@pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", False), ("simple", True)],
+                         ids=["lstm", "gru-reset_before", "simple"])
+def test_a_three_layer_stack_infers_in_one_call_like_the_reference(cell, reset_after):
+    """Three layers of different widths in one inference call (the middle one reads the
+    first's fresh state and feeds the third's): float64 outputs and every layer's final
+    state against the reference, with masks and initial states."""
+    with jax.enable_x64(True):
+        units = [7, 5, 6]
+        params = _params(cell, reset_after, 4, units, jnp.float64)
+        x = jax.random.normal(jax.random.key(2), (5, 8, 4), jnp.float64)
+        kw = dict(cell=cell, lengths=np.array([8, 3, 0, 5, 1]), padding="post",
+                  initial_state=_initial_state(cell, 5, units, jnp.float64),
+                  return_sequences=True, return_state=True)
+        run = lambda p, x: stacked_rnn(p, x, strategy="cpu_native", **kw)  # noqa: E731
+        assert _hlo(run, params, x).count("stackrnn_gated_infer_stack") == 1
+        ours = jax.jit(run)(params, x)
+        assert _max_error(ours, reference_rnn(params, x, **kw)) < 1e-10
+
+
 @pytest.mark.parametrize("cell,reset_after,padding,activation", [
     ("lstm", True, "pre", "tanh"), ("gru", True, "post", "relu"), ("gru", False, "pre", "tanh"),
     pytest.param("lstm", True, "post", "relu", marks=SLOW),
