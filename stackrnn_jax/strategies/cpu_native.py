@@ -124,12 +124,24 @@ def _layer_bwd(activation, masked, sequences, residuals, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
+def _code(cell) -> int:
+    """gated.cc's ``cell`` attribute for a cell."""
+    if cell.name == "simple":
+        return SIMPLE
+    return LSTM if cell.name == "lstm" else (GRU_AFTER if cell.reset_after else GRU_BEFORE)
+
+
+def _split_bias(code, bias):
+    """``(b_in, b_rec)``: reset_after's two bias rows, else the bias and zeros."""
+    return (bias[0], bias[1]) if code == GRU_AFTER else (bias, jnp.zeros_like(bias))
+
+
 def _gated_forward(code, activation, masked, train, w_x, bias, w_h, carry, xs, mask,
                    sequences=True):
     """``(ys, final), (hs, stash)``; the stash (what the backward kernel reads) only when
     ``train``, else None. Inference without ``sequences``: ys and hs are None, and the
     kernel writes the final state alone."""
-    b_in, b_rec = (bias[0], bias[1]) if code == GRU_AFTER else (bias, jnp.zeros_like(bias))
+    b_in, b_rec = _split_bias(code, bias)
     h0 = carry[0]
     c0 = carry[1] if code == LSTM else h0  # a GRU's c0 is not read
     time, batch = xs.shape[:2]
@@ -215,18 +227,11 @@ def run_layer(cell, params, xs, mask, carry, *, unroll=1, sequences=True):
         ys, final = _layer(cell.activation, mask is not None, sequences, *weights,
                            carry[0].astype(dtype), xs.astype(dtype), steps)
         return ys, (final,)
-    code = LSTM if cell.name == "lstm" else (GRU_AFTER if cell.reset_after else GRU_BEFORE)
-    return _gated_layer(code, cell.activation, mask is not None, sequences, *weights,
+    return _gated_layer(_code(cell), cell.activation, mask is not None, sequences, *weights,
                         tuple(c.astype(dtype) for c in carry), xs.astype(dtype), steps)
 
 
 _by_layer = layer_by_layer(run_layer, projected=False, final_only=True)
-
-
-def _code(cell) -> int:
-    if cell.name == "simple":
-        return SIMPLE
-    return LSTM if cell.name == "lstm" else (GRU_AFTER if cell.reset_after else GRU_BEFORE)
 
 
 def _infer_stack(cell, masked, sequences, layers, xs, mask, carries):
@@ -236,8 +241,7 @@ def _infer_stack(cell, masked, sequences, layers, xs, mask, carries):
     code = _code(cell)
     weights, finals_shapes = [], []
     for params, carry in zip(layers, carries, strict=True):
-        bias = params["bias"]
-        b_in, b_rec = (bias[0], bias[1]) if code == GRU_AFTER else (bias, jnp.zeros_like(bias))
+        b_in, b_rec = _split_bias(code, params["bias"])
         h0 = carry[0]
         weights += [params["kernel"], b_in, params["recurrent_kernel"], b_rec, h0,
                     carry[1] if code == LSTM else h0]
