@@ -87,7 +87,7 @@ def markdown(results: list[dict], info: dict) -> str:
              "| train wall time | s/epoch | outside jit |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['preset']} | {r['seed']} | {r['test_accuracy']:.4f} | "
-                     f"{r['best_val_accuracy']:.4f} | "
+                     f"{_accuracy(r['best_val_accuracy'])} | "
                      f"{r['best_epoch']} / {r['epochs']} | "
                      f"{r['train_wall_s'] / 60:.1f} min | {r['seconds_per_epoch']:.0f} | "
                      f"{100 * r['outside_share']:.1f}% |")
@@ -99,6 +99,11 @@ def markdown(results: list[dict], info: dict) -> str:
                   "per-epoch validation and the first-step compile; a shared machine makes "
                   "them noisy."]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(value: float | None) -> str:
+    """An accuracy to 4 decimals; a dash where none was measured (no validation split)."""
+    return "–" if value is None else f"{value:.4f}"
 
 
 def readme_cells(runs: list[dict]) -> dict[str, str]:

@@ -51,7 +51,7 @@ class TrainConfig:
     mask: bool = False  # feed true lengths so padding steps are skipped (the tutorial did not)
     # > 0: batches of similar lengths, trimmed to a multiple of this many steps (needs mask).
     bucket_width: int = 0
-    val_fraction: float = 0.2  # held out of the TRAIN reviews for model selection
+    val_fraction: float = 0.2  # held out of the TRAIN reviews for model selection; 0: none
     # "random" reviews, or whole "movie"s: no movie then has reviews in training and
     # validation, as none has in train and test (data.pipeline.split_validation).
     val_split: str = "random"
@@ -104,9 +104,9 @@ class TrainConfig:
                      "average_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: expected a fraction in (0, 1), "
-                             f"got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a fraction in [0, 1) (0: no validation, "
+                             f"train on every train review), got {self.val_fraction}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: expected >= 0 (0: plain Adam), "
                              f"got {self.weight_decay}")

@@ -17,8 +17,13 @@ def plot_history(epochs: Sequence[dict], path: str | Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for axis, metric in zip(axes, ("accuracy", "loss")):
         axis.plot(x, [row[metric] for row in epochs], "o-", label=f"training {metric}")
-        axis.plot(x, [row[f"val_{metric}"] for row in epochs], "s--", label=f"validation {metric}")
-        axis.set(title=f"Training and validation {metric}", xlabel="epoch", ylabel=metric)
+        validated = [row for row in epochs if row[f"val_{metric}"] is not None]
+        if validated:  # none without a validation split (val_fraction 0)
+            axis.plot([row["epoch"] for row in validated],
+                      [row[f"val_{metric}"] for row in validated], "s--",
+                      label=f"validation {metric}")
+        title = f"Training and validation {metric}" if validated else f"Training {metric}"
+        axis.set(title=title, xlabel="epoch", ylabel=metric)
         axis.set_xticks(x)
         axis.legend()
     path = Path(path)

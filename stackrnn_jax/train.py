@@ -334,9 +334,12 @@ def _timed(iterable: Iterable, timer: Timer):
         yield item
 
 
-def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: str | Path,
-        *, progress: bool = True, out=None, resume: bool = True) -> dict[str, Any]:
+def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit | None,
+        workdir: str | Path, *, progress: bool = True, out=None, resume: bool = True
+        ) -> dict[str, Any]:
     """Train for ``config.epochs`` epochs, keep the best epoch by validation accuracy.
+
+    Without a validation split (``val`` None) every epoch is kept in turn: the last one is.
 
     Writes into ``workdir`` (already ``run_dir.prepare``d): the best epoch's parameters,
     resumable checkpoints (``checkpoints.TrainCheckpoints``), ``history.json``/``.csv``
@@ -369,7 +372,8 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
     checkpoints = TrainCheckpoints(workdir, keep=config.keep_checkpoints,
                                    identity=run_dir.identity(config))
     history: dict[str, Any] = {"config": config.to_dict(), "train_examples": len(train),
-                               "val_examples": len(val), "steps_per_epoch": steps,
+                               "val_examples": 0 if val is None else len(val),
+                               "steps_per_epoch": steps,
                                "devices": layout.devices, "processes": jax.process_count(),
                                "epochs": [], "best_epoch": None, "best_val_accuracy": None}
     position, totals = Position(), None
@@ -408,15 +412,17 @@ def fit(config: TrainConfig, train: EncodedSplit, val: EncodedSplit, workdir: st
             position, totals = Position(epoch + 1, 0, position.step), None
             train_s = time.perf_counter() - start
             weights = evaluated_weights(state, config)
-            val_metrics = evaluate(eval_step, weights, val, config.batch_size, timer, layout,
-                                   **bucketing(config))
+            val_metrics = None
+            if val is not None:
+                val_metrics = evaluate(eval_step, weights, val, config.batch_size, timer,
+                                       layout, **bucketing(config))
+                scalars.validation(position.step, val_metrics)
             row = _epoch_row(epoch, metrics, val_metrics, timer, train_s,
                              time.perf_counter() - start, steps)
-            scalars.validation(position.step, val_metrics)
             history["epochs"].append(row)
             if writer:
                 print(_epoch_line(row, config.epochs), file=out, flush=True)
-            if history["best_epoch"] is None or row["val_accuracy"] > history["best_val_accuracy"]:
+            if _is_best(row, history):
                 _keep_best(workdir, history, row, weights)
             if writer:
                 _write(workdir, run_dir.write_history, workdir, _with_totals(history))
@@ -447,6 +453,12 @@ def _resumed(saved: dict, config: TrainConfig, layout: distributed.DataParallel
     return position, totals, history
 
 
+def _is_best(row: dict, history: dict[str, Any]) -> bool:
+    """Whether ``row``'s epoch is better than the best so far (without validation: later)."""
+    return (history["best_epoch"] is None or row["val_accuracy"] is None
+            or row["val_accuracy"] > history["best_val_accuracy"])
+
+
 def _keep_best(workdir: Path, history: dict[str, Any], row: dict, model_state) -> None:
     """Record ``row``'s epoch as the best so far and save its parameters."""
     history["best_epoch"], history["best_val_accuracy"] = row["epoch"], row["val_accuracy"]
@@ -458,15 +470,19 @@ def _epoch_line(row: dict, epochs: int) -> str:
     """The Keras-style line printed after each epoch."""
     skipped = (f" - skipped {row['skipped_steps']} non-finite steps"
                if row["skipped_steps"] else "")
+    validation = ("" if row["val_accuracy"] is None else
+                  f" - val_loss: {row['val_loss']:.4f} - val_accuracy: {row['val_accuracy']:.4f}")
     return (f"Epoch {row['epoch']}/{epochs} - {row['time_s']:.0f}s - loss: {row['loss']:.4f} - "
-            f"accuracy: {row['accuracy']:.4f} - val_loss: {row['val_loss']:.4f} - "
-            f"val_accuracy: {row['val_accuracy']:.4f}{skipped}")
+            f"accuracy: {row['accuracy']:.4f}{validation}{skipped}")
 
 
 def _summary_line(history: dict[str, Any], workdir: Path) -> str:
     """The line printed when training ends: best epoch and where the time went."""
-    return (f"Best epoch: {history['best_epoch']} "
-            f"(val_accuracy {history['best_val_accuracy']:.4f}); "
+    kept = (f"Last epoch kept: {history['best_epoch']} (no validation)"
+            if history["best_val_accuracy"] is None else
+            f"Best epoch: {history['best_epoch']} "
+            f"(val_accuracy {history['best_val_accuracy']:.4f})")
+    return (f"{kept}; "
             f"{100 * history['outside_share']:.1f}% of the time outside the jitted steps "
             f"(data {history['data_s']:.1f}s, logging {history['log_s']:.1f}s of "
             f"{history['time_s']:.0f}s); run saved in {workdir}")
@@ -535,11 +551,20 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, data=None, *,
         check_reviews(encoded.train, "train")
         if distributed.is_writer():
             _keep_vocab(Path(workdir), encoded.vocab, resume)
-        train, val = split_validation(encoded.train, config.val_fraction, config.seed,
-                                      by=config.val_split)
+        train, val = encoded.train, None
+        if config.val_fraction:
+            train, val = split_validation(train, config.val_fraction, config.seed,
+                                          by=config.val_split)
         if distributed.is_writer():
-            print(describe_validation(train, val), file=out or sys.stdout, flush=True)
+            print(_validation_line(train, val), file=out or sys.stdout, flush=True)
         return fit(config, train, val, workdir, progress=progress, out=out, resume=resume)
+
+
+def _validation_line(train: EncodedSplit, val: EncodedSplit | None) -> str:
+    if val is None:
+        return (f"Validation: none (val_fraction 0); training on all {len(train)} train "
+                "reviews, the last epoch is kept")
+    return describe_validation(train, val)
 
 
 def _keep_vocab(workdir: Path, vocab: Vocabulary, resume: bool) -> None:
@@ -555,7 +580,9 @@ def _keep_vocab(workdir: Path, vocab: Vocabulary, resume: bool) -> None:
 
 
 def _epoch_row(epoch, metrics, val_metrics, timer: Timer, train_s, time_s, steps) -> dict:
+    """One epoch's ``history.json`` row; its val_* are None without a validation split."""
     seconds = timer.seconds
+    val_metrics = val_metrics or {"loss": None, "accuracy": None}
     return {"epoch": epoch, "loss": metrics["loss"], "accuracy": metrics["accuracy"],
             "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
             "skipped_steps": metrics["skipped_steps"],

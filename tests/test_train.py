@@ -168,3 +168,39 @@ def test_train_and_evaluate_holds_out_the_validation_its_config_names(tmp_path, 
     movies = len(set(splits["movie"][1].movies.tolist()))
     assert lines[0].endswith(f"; {movies} movies, 0 of them also in training")
     assert lines[1].endswith(f", {len(shared['random'])} of them also in training")
+
+
+def test_without_validation_every_epoch_trains_and_the_last_is_kept(tmp_path):
+    """val_fraction 0: fit gets no validation split, prints no val_ numbers, records none,
+    and keeps the last epoch's weights (they reload and predict)."""
+    config = TRAIN_CONFIG.replace(val_fraction=0.0)
+    run_dir.prepare(tmp_path, config)
+    Vocabulary(config.num_words, tuple(f"w{i}" for i in range(17))).save(tmp_path / run_dir.VOCAB)
+    out = io.StringIO()
+    history = fit(config, synthetic_split(200, 0), None, tmp_path, progress=False, out=out)
+    lines = out.getvalue().splitlines()
+    assert all("val_" not in line for line in lines[:3]) and len(lines) == 4
+    assert lines[3].startswith("Last epoch kept: 3 (no validation); ")
+    assert history["best_epoch"] == 3 and history["best_val_accuracy"] is None
+    assert history["val_examples"] == 0
+    assert [row["val_accuracy"] for row in history["epochs"]] == [None, None, None]
+    with open(tmp_path / run_dir.HISTORY_CSV) as file:
+        assert [row["val_accuracy"] for row in csv.DictReader(file)] == ["", "", ""]
+    assert (tmp_path / run_dir.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = load_run(tmp_path)
+    assert run.best["epoch"] == 3 and run.best["val_accuracy"] is None
+    assert len(list((tmp_path / run_dir.CHECKPOINTS).iterdir())) == 1
+
+
+def test_train_and_evaluate_without_validation_trains_on_every_train_review(tmp_path,
+                                                                            monkeypatch):
+    archive = write_archive(tmp_path / "aclImdb.tar.gz", movies=True)
+    seen = {}
+    monkeypatch.setattr(train, "fit", lambda config, part, val, *args, **kwargs: seen.update(
+        part=part, val=val) or {})
+    out = io.StringIO()
+    config = TRAIN_CONFIG.replace(num_words=40, maxlen=16, val_fraction=0.0)
+    train.train_and_evaluate(config, tmp_path / "run", archive, out=out)
+    assert seen["val"] is None and len(seen["part"]) == 202
+    assert out.getvalue().splitlines()[0] == ("Validation: none (val_fraction 0); training on "
+                                              "all 202 train reviews, the last epoch is kept")
