@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("mask", action=argparse.BooleanOptionalAction, help="skip padding steps (true lengths)")
     flag("bucket_width", type=int, help="trim batches to multiples of this many steps "
                                         "(needs --mask; 0: every batch runs maxlen steps)")
-    flag("val_fraction", type=float, help="share of the train reviews held out for validation (0: none; "
-                                              "train on all of them and keep the last epoch)")
+    flag("val_fraction", type=float,
+         help="share of the train reviews held out for validation (0: none; train on all "
+              "of them and keep the last epoch)")
     flag("val_split", choices=VAL_SPLITS,
          help="hold out random reviews, or whole movies (none then shares training's movies)")
     flag("batch_size", type=int)
