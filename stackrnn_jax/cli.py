@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("clip_norm", type=float, help="global-norm gradient clipping (0: none)")
     flag("average_decay", type=float,
          help="validate and keep the moving average of the weights, this decay a step (0: off)")
+    flag("members", type=int, help="train an ensemble of this many models side by side, "
+                                   "predict with the mean of their logits (1: one model)")
     flag("dropout", type=float, help="dropout between RNN layers and before the head")
     flag("embed_dropout", type=float)
     flag("weight_dropout", type=float,

@@ -66,6 +66,9 @@ class TrainConfig:
     # > 0: validate, keep and predict with the moving average of the weights (this decay
     # per step) instead of the last step's weights (averaging.py).
     average_decay: float = 0.0
+    # > 1: an ensemble of this many classifiers trained side by side, each on its own loss
+    # (and its own gradient clipping); it predicts the mean of their logits.
+    members: int = 1
     seed: int = 0
     # Execution: how the same numbers are computed.
     dtype: str = "float32"  # compute dtype of the recurrence; parameters stay float32
@@ -95,7 +98,7 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}; "
                                  f"got {getattr(self, name)!r}")
         for name in ("layers", "units", "embed_dim", "maxlen", "batch_size", "epochs",
-                     "unroll", "log_every", "keep_checkpoints"):
+                     "unroll", "log_every", "keep_checkpoints", "members"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_words < 4:  # ids 0-2 are reserved (padding, start, unknown)

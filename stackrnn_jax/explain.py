@@ -58,6 +58,9 @@ def explain(run, text: str) -> Explanation:
 
     (text,) = check_texts([text])
     config, model = run.config, run.model
+    if config.members > 1:
+        raise ValueError(f"--explain reads one model's outputs step by step; this run is an "
+                         f"ensemble of {config.members} (predict without --explain)")
     ids, lengths = run.vocab.encode([text], config.maxlen, config.padding, config.truncating)
     count = int(lengths[0])
     words = [START, *tokenize(text)]

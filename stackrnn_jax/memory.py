@@ -31,24 +31,25 @@ class OutOfMemory(ValueError):
 
 
 def parameter_count(config: TrainConfig) -> int:
-    """Parameters of the classifier ``config`` describes (embedding, RNN layers, head)."""
+    """Parameters of the classifier ``config`` describes (embedding, RNN layers, head;
+    each member's, for an ensemble)."""
     gates, directions, units = GATES[config.cell], 1 + config.bidirectional, config.units
     count, width = config.num_words * config.embed_dim, config.embed_dim
     for _ in range(config.layers):
         bias_rows = 2 if config.cell == "gru" else 1  # the GRU's reset_after bias: (2, 3u)
         count += directions * gates * units * (width + units + bias_rows)
         width = directions * units
-    return count + width + 1
+    return config.members * (count + width + 1)
 
 
 def estimate_bytes(config: TrainConfig) -> int:
     """A train step's memory, estimated low: every parameter four times (value,
     gradient, Adam's two moments) and, per example and timestep, the embedding and
-    each layer's input projection and output (kept for the backward pass)."""
+    each layer's input projection and output (kept for the backward pass), per member."""
     directions = 1 + config.bidirectional
     per_layer = directions * config.units * (GATES[config.cell] + 1)  # projection and output
     per_step = config.embed_dim + config.layers * per_layer
-    activations = config.batch_size * config.maxlen * per_step
+    activations = config.members * config.batch_size * config.maxlen * per_step
     activation_bytes = 2 if config.dtype == "bfloat16" else FLOAT_BYTES
     return FLOAT_BYTES * 4 * parameter_count(config) + activation_bytes * activations
 

@@ -1,4 +1,5 @@
-"""The Flax NNX face: ``StackedRNN`` and the IMDB model ``SentimentClassifier``.
+"""The Flax NNX face: ``StackedRNN``, the IMDB model ``SentimentClassifier`` and
+``SentimentEnsemble`` (several of them, their logits averaged).
 
 Both hold their weights as ``nnx.Param`` in the same Keras layout as the functional
 API and call ``stack.stacked_rnn`` on them, so the module and the pure function
@@ -147,3 +148,24 @@ class SentimentClassifier(nnx.Module):
             ys = self.rnn(x, lengths, padding=padding, return_sequences=True)
             h = pool_over_time(ys, lengths, how=self.pooling, padding=padding)
         return self.head(self.head_dropout(h.astype(jnp.float32)))[..., 0]
+
+
+class SentimentEnsemble(nnx.Module):
+    """Several ``SentimentClassifier`` members read the same review; its logit is the mean
+    of theirs. Trained side by side, each on its own loss (``train.make_train_step``), they
+    differ by their initial weights and dropout draws.
+
+    Call as a ``SentimentClassifier``: ids ``(batch, time)``, ``lengths (batch,)`` ->
+    logits ``(batch,)``; ``member_logits`` gives each member's, ``(members, batch)``.
+    """
+
+    def __init__(self, members: Sequence[SentimentClassifier]):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nnx.List(members)
+
+    def member_logits(self, ids, lengths=None, *, padding: str = "pre"):
+        return jnp.stack([member(ids, lengths, padding=padding) for member in self.members])
+
+    def __call__(self, ids, lengths=None, *, padding: str = "pre"):
+        return jnp.mean(self.member_logits(ids, lengths, padding=padding), axis=0)

@@ -21,7 +21,7 @@ from stackrnn_jax.data import (
     tokenize,
     trim_padding,
 )
-from stackrnn_jax.nn import SentimentClassifier
+from stackrnn_jax.nn import SentimentClassifier, SentimentEnsemble
 from stackrnn_jax.train import bucketing, create_model, evaluate, make_eval_step, model_logits
 
 # Reviews per forward pass; every pass has this many rows, so one compile per time length
@@ -35,7 +35,7 @@ class Run:
 
     config: TrainConfig
     vocab: Vocabulary
-    model: SentimentClassifier
+    model: SentimentClassifier | SentimentEnsemble
     best: dict[str, Any]
 
 

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from stackrnn_jax import averaging, distributed, memory, run_dir
+from stackrnn_jax import averaging, clipping, distributed, memory, run_dir
 from stackrnn_jax.checkpoints import TrainCheckpoints
 from stackrnn_jax.config import TrainConfig
 from stackrnn_jax.data import (
@@ -36,7 +36,7 @@ from stackrnn_jax.data import (
     split_validation,
 )
 from stackrnn_jax.interrupts import StopRequests, TrainingInterrupted
-from stackrnn_jax.nn import SentimentClassifier
+from stackrnn_jax.nn import SentimentClassifier, SentimentEnsemble
 from stackrnn_jax.plots import plot_history
 from stackrnn_jax.scalars import open_log
 
@@ -60,15 +60,32 @@ class NonFiniteError(ValueError):
     """The loss or the gradients became NaN/Inf (``on_nonfinite="stop"``); one line for the user."""
 
 
-def create_model(config: TrainConfig, *, seed: int | None = None) -> SentimentClassifier:
-    """The classifier a config describes; ids must stay below ``config.num_words``."""
+def create_model(config: TrainConfig, *, seed: int | None = None
+                 ) -> SentimentClassifier | SentimentEnsemble:
+    """The classifier a config describes (an ensemble with ``members > 1``, its first
+    member the single model of the same seed); ids must stay below ``config.num_words``."""
+    seed = config.seed if seed is None else seed
+    if config.members == 1:
+        return _classifier(config, seed)
+    return SentimentEnsemble([_classifier(config, member_seed(seed, k))
+                              for k in range(config.members)])
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Member ``member``'s seed in an ensemble of seed ``seed`` (member 0: ``seed`` itself)."""
+    if member == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
+
+
+def _classifier(config: TrainConfig, seed: int) -> SentimentClassifier:
     return SentimentClassifier(
         config.num_words, config.embed_dim, (config.units,) * config.layers, cell=config.cell,
         bidirectional=config.bidirectional, pooling=config.pooling, dropout=config.dropout,
         embed_dropout=config.embed_dropout, word_dropout=config.word_dropout,
         weight_dropout=config.weight_dropout, strategy=config.strategy, unroll=config.unroll,
         compute_dtype=jnp.bfloat16 if config.dtype == "bfloat16" else None,
-        rngs=nnx.Rngs(config.seed if seed is None else seed))
+        rngs=nnx.Rngs(seed))
 
 
 def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -86,11 +103,13 @@ def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
 
 def create_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """Adam on the schedule (AdamW when ``weight_decay > 0``), after global-norm clipping
-    when ``clip_norm > 0``; then the weights' moving average when ``average_decay > 0``."""
+    when ``clip_norm > 0`` (of each ensemble member's gradients on their own); then the
+    weights' moving average when ``average_decay > 0``."""
     schedule = learning_rate(config, total_steps)
     adam = (optax.adamw(schedule, weight_decay=config.weight_decay) if config.weight_decay
             else optax.adam(schedule))
-    chain = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    clip = (optax.clip_by_global_norm if config.members == 1 else clipping.clip_each_member)
+    chain = [clip(config.clip_norm)] if config.clip_norm else []
     chain.append(adam)
     if config.average_decay:
         chain.append(averaging.track_average(config.average_decay))
@@ -120,10 +139,18 @@ def summarize(totals: Totals) -> dict[str, float]:
 
 
 def model_logits(model, batch, config: TrainConfig):
-    """Logits ``(B,)`` of ``batch["ids"] (B, T)``; true lengths are passed only with
-    ``config.mask``."""
+    """Logits ``(B,)`` of ``batch["ids"] (B, T)`` (an ensemble's: the mean of its
+    members'); true lengths are passed only with ``config.mask``."""
     lengths = batch["lengths"] if config.mask else None
     return model(batch["ids"], lengths, padding=config.padding)
+
+
+def member_logits(model, batch, config: TrainConfig):
+    """Each member's logits ``(members, B)`` (a single classifier: ``(1, B)``)."""
+    if isinstance(model, SentimentEnsemble):
+        lengths = batch["lengths"] if config.mask else None
+        return model.member_logits(batch["ids"], lengths, padding=config.padding)
+    return model_logits(model, batch, config)[None]
 
 
 def _batch_totals(logits, batch, loss) -> dict[str, jax.Array]:
@@ -156,10 +183,17 @@ def make_train_step(graphdef, config: TrainConfig, replicated=None) -> jax.stage
         model, optimizer = nnx.merge(graphdef, state)
 
         def loss_fn(model):
-            logits = model_logits(model, batch, config)
-            losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"])
-            mean = jnp.sum(losses * batch["weights"]) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
-            return mean, (logits, losses)
+            # The sum of the members' mean losses: each member's gradient is that of its
+            # own loss, as if it trained alone. The totals count the ensemble's prediction
+            # (the mean logit), as validation does.
+            members = member_logits(model, batch, config)
+            weights = batch["weights"]
+            member_losses = optax.sigmoid_binary_cross_entropy(members, batch["labels"])
+            objective = jnp.sum(member_losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+            logits = jnp.mean(members, axis=0)
+            losses = (member_losses[0] if len(members) == 1 else
+                      optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
+            return objective, (logits, losses)
 
         (loss, (logits, losses)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         finite = jnp.isfinite(loss) & _all_finite(grads)
