@@ -19,9 +19,10 @@ def member_index(path) -> int:
     """The member a leaf of the ensemble's state belongs to, from its key path
     (``members / <index> / ...``)."""
     keys = [getattr(entry, "key", getattr(entry, "name", None)) for entry in path]
-    if MEMBERS not in keys or keys.index(MEMBERS) + 1 == len(keys):
+    index = keys[keys.index(MEMBERS) + 1] if MEMBERS in keys[:-1] else None
+    if not isinstance(index, int):
         raise ValueError(f"clip_each_member: {jax.tree_util.keystr(path)} is not a member's")
-    return int(keys[keys.index(MEMBERS) + 1])
+    return index
 
 
 def clip_each_member(max_norm: float) -> optax.GradientTransformation:
