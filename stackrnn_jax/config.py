@@ -167,6 +167,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                        dropout=0.5, embed_dropout=0.3, epochs=3, batch_size=64,
                        learning_rate=2e-3, val_fraction=0.1),
 }
+# The ensembles: three models of a recipe trained side by side on every train review (no
+# validation: the last of the recipe's epochs is kept), each validating-free run read
+# through the moving average of its weights; they predict with the mean of their logits.
+_ENSEMBLE = dict(members=3, val_fraction=0.0, average_decay=0.995)
+PRESETS["bigru-ensemble"] = dict(PRESETS["bigru-best"], **_ENSEMBLE)
+PRESETS["simple-ensemble"] = dict(PRESETS["simple-best"], bidirectional=True, **_ENSEMBLE)
 
 
 def preset(name: str) -> TrainConfig:
