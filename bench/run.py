@@ -172,7 +172,6 @@ def _header(args, argv, device, variants, base, malloc_kept: bool) -> dict:
     """``results.json`` without entries: schema, machine and the run's settings."""
     from bench import strategies as st
     from bench.machine import machine_info
-    from stackrnn_jax import xla_heaps
 
     return {
         "schema": SCHEMA,
@@ -183,7 +182,6 @@ def _header(args, argv, device, variants, base, malloc_kept: bool) -> dict:
                    "budget_s": args.budget_s, "loop_max_T": args.loop_max_T,
                    "parallel_max_T": args.parallel_max_T, "forward_only": args.forward_only,
                    "malloc_keep_freed_memory": malloc_kept,
-                   "xla_temp_heaps": xla_heaps.OPTION in os.environ.get("XLA_FLAGS", ""),
                    "registry": st.registry_names(), "variants": [v.name for v in variants],
                    "peers": args.peer_list, "tutorial": base.as_dict(),
                    "flops": "analytic matmul FLOPs: per layer 2*B*T*(in*G*H + H*G*H), + Dense; "

@@ -11,8 +11,7 @@ whose ``schema`` names a benchmark, this writes its table file:
 * ``stackrnn-bench-parallel/1`` (``bench.parallel``): ``results[-X].json`` -> ``tables[-X].md``;
 * ``stackrnn-bench-parallel-iterations/1``: ``iterations.json`` -> ``iterations.md``;
 * ``stackrnn-bench-loop-overhead/1``: ``loop_overhead.json`` -> ``loop_overhead.md``;
-* ``stackrnn-bench-grad-memory/1``: ``grad_memory.json`` -> ``grad_memory.md``;
-* ``stackrnn-bench-temp-heaps/1`` (``bench.temp_heaps``): ``temp_heaps.json`` -> ``temp_heaps.md``.
+* ``stackrnn-bench-grad-memory/1``: ``grad_memory.json`` -> ``grad_memory.md``.
 
 Other JSON (the accuracy summaries of ``scripts/accuracy_runs.py``, which writes its own
 ``summary.md``) is left alone. ``--check`` writes nothing and exits 1 naming every table
@@ -31,14 +30,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _writers() -> dict:
     """schema -> Markdown writer (imported here: each module's own ``markdown``)."""
-    from bench import grad_memory, loop_overhead, parallel, parallel_iterations, report, temp_heaps
+    from bench import grad_memory, loop_overhead, parallel, parallel_iterations, report
 
     return {"stackrnn-bench/1": report.markdown,
             "stackrnn-bench-parallel/1": parallel.markdown,
             parallel_iterations.SCHEMA: parallel_iterations.markdown,
             "stackrnn-bench-loop-overhead/1": loop_overhead.markdown,
-            "stackrnn-bench-grad-memory/1": grad_memory.markdown,
-            temp_heaps.SCHEMA: temp_heaps.markdown}
+            "stackrnn-bench-grad-memory/1": grad_memory.markdown}
 
 
 def table_path(json_path: Path) -> Path:

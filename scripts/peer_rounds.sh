@@ -6,9 +6,7 @@
 # the TensorFlow backend joins when PY_TF names a Python with TensorFlow (default
 # .venv-tf/bin/python: `make venv-tf`). Then bench.peer_ratios pools the rounds (median of
 # the rounds' medians, their range). On a shared machine one run's peer can move by half
-# between runs; rounds show how far. Each runs as its users get it: glibc's default malloc
-# settings, ours with the XLA option `import stackrnn_jax` sets (stackrnn_jax/xla_heaps.py),
-# the peers without it (STACKRNN_TEMP_HEAPS=0: bench.run imports stackrnn_jax there too).
+# between runs; rounds show how far.
 #   bash scripts/peer_rounds.sh OUT_DIR [ROUNDS] [NOTE]
 #   e.g. bash scripts/peer_rounds.sh bench/results/cpu-avx2/rounds 3 "quiet machine"
 # Writes OUT_DIR/round-N/<workload>/<implementation>/results.json and OUT_DIR/tables.md.
@@ -39,11 +37,11 @@ for r in $(seq "$rounds"); do
     IFS=: read -r name base extra <<< "$w"
     for impl in "${implementations[@]}"; do
       dir="$out/round-$r/$name/$impl"
-      python=$PY; backend=jax; which=(--strategies none --peers "$impl"); heaps=0
-      [ "$impl" = ours ] && { which=(--strategies auto --peers none); heaps=1; }
+      python=$PY; backend=jax; which=(--strategies none --peers "$impl")
+      [ "$impl" = ours ] && which=(--strategies auto --peers none)
       [ "$impl" = keras_tf ] && { python=$PY_TF; backend=tensorflow; }
       # shellcheck disable=SC2086  # $extra: no option, or one
-      KERAS_BACKEND=$backend STACKRNN_TEMP_HEAPS=$heaps "$python" -m bench.run --sweep cell "${which[@]}" \
+      KERAS_BACKEND=$backend "$python" -m bench.run --sweep cell "${which[@]}" \
         --peers-in-sweeps --malloc default --repeats 7 --min-repeats 3 --budget-s 2 \
         --no-plots --base "$base" $extra --out "$dir" \
         --note "round $r of $rounds; $note (load average $(cut -d' ' -f1-3 /proc/loadavg) at the start)"

@@ -2,11 +2,6 @@
 
 import importlib
 
-from stackrnn_jax import xla_heaps
-
-# Before jax starts its backends: XLA reads XLA_FLAGS then (xla_heaps.py says why and when).
-xla_heaps.split_temporaries()
-
 __all__ = [
     "GRUCell", "LSTMCell", "SimpleRNNCell", "make_cell",
     "init_params", "stacked_rnn", "STRATEGIES",

@@ -113,20 +113,3 @@ def test_every_variant_and_sweep_quick(tmp_path):
     assert ours == {v.name for v in st.all_variants()}
     for sweep in ("T", "L", "H", "B", "cell"):
         assert {f"time_vs_{sweep}.png", f"compile_vs_{sweep}.png"} <= set(result["plots"])
-
-
-def test_temp_heaps_compares_both_settings(tmp_path):
-    from bench import temp_heaps
-
-    temp_heaps.main(["--rounds", "1", "--workloads", "train:lstm:4:6", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "temp_heaps.json").read_text())
-    assert result["schema"] == temp_heaps.SCHEMA
-    (rounds,) = result["results"].values()
-    assert [(r["one block"]["split"], r["split"]["split"]) for r in rounds] == [(False, True)]
-    for r in rounds:
-        for setting in temp_heaps.SETTINGS:
-            assert _positive(r[setting]["median_s"]) and r[setting]["temp_bytes"] > 0
-            assert r[setting]["faults_per_call"] >= 0
-    table = (tmp_path / "temp_heaps.md").read_text()
-    assert table == temp_heaps.markdown(result)
-    assert "| lstm train, batch 4, T 6 |" in table
