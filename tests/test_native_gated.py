@@ -250,6 +250,28 @@ def test_every_row_tile_size_matches_the_reference_and_scan(batch):
         assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
 
 
+@pytest.mark.parametrize("cell,reset_after", GATED, ids=GATED_IDS)
+def test_weight_gradients_summed_over_several_blocks_match_scan(cell, reset_after):
+    """The backward pass sums the weight gradients over blocks of about 64 rows: batch 32
+    (chunks of at most 16 rows) and T 11 make blocks of 4 or more steps and a shorter
+    last one; 19 units: ring rows of 57 or 76 gates plus their padding. float64, masked
+    rows, gradients of the weights, the input and the initial states against scan."""
+    with jax.enable_x64(True):
+        units = [19, 19]
+        params = _params(cell, reset_after, 6, units, jnp.float64)
+        x = jax.random.normal(jax.random.key(8), (32, 11, 6), jnp.float64)
+        h0 = _initial_state(cell, 32, units, jnp.float64)
+        lengths = np.random.default_rng(0).integers(0, 12, size=32)
+        kw = dict(cell=cell, lengths=lengths, return_sequences=True)
+
+        def grad(strategy):
+            def loss(p, x, s):
+                ys = stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
+                return jnp.sum(jnp.sin(ys))
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
+        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_weight_gradients_are_the_same_bits_every_call(cell):
     """Batch 96: six row chunks, more than the threads, so they finish in varying order;

@@ -27,7 +27,7 @@
 // cotangent of the step's input term), the recurrent term's cotangent dU (= dX except GRU
 // reset_after's candidate block, r * dn), dh <- dU W_h^T (+ the direct paths) and the
 // input's gradient dxs = dX W_x^T; dW_h = H_prev^T dU, dW_x = X^T dX, db_in = sum dX and
-// db_rec = sum dU (GRU reset_after) summed every 16 steps while their rows are in cache.
+// db_rec = sum dU (GRU reset_after) summed every few steps while their rows are in cache.
 // dX and dU are never written out whole: a (time, batch, G*units) temporary less, which
 // also keeps XLA's per-call temporaries under glibc's mmap limits (see allocator.py).
 //
@@ -362,7 +362,7 @@ struct Grads {
 
 // Rows [b0, b1) of the backward pass: dxs = dX W_x^T and dh0 (dc0); adds this chunk's
 // weight gradients to dw_h (u, G*u), dw_x (inputs, G*u), db_in and db_rec (G*u). dX and
-// dU live only for a block of steps (a ring of kBlock steps' rows): the weight gradients
+// dU live only for a block of steps (a ring of about kBlockRows rows): the weight gradients
 // are summed from them per block, the input's gradient per step.
 //
 // The backward's products (against W_h^T and W_x^T: depth G*u, u or inputs columns) in
@@ -373,6 +373,15 @@ struct Grads {
 // four vectors that made the training step slower, before the tiles were written in
 // vectors, met the auto-vectoriser's slow one-vector tiles at 32 inputs.)
 // With AVX2's 16 registers, 6 rows by two vectors (12 sums: see add_transposed_products).
+// The weight gradients are summed over blocks of about 64 rows (4 steps of a 16-row
+// chunk), and the ring's rows are one cache line longer than the G*u gates. At 256 gate
+// columns (LSTM, 64 units) the rows were 1 KB apart and 256 of them (16 steps): a tile's
+// column of the ring fell into 4 of L1's 64 sets, and the hs rows it is multiplied with,
+// 16 steps of them, into 16; both were read from L2 for every tile. In a single-thread
+// microbenchmark of add_transposed_products at these shapes (AVX2, 2-core AMD EPYC) the
+// sums ran at ~62-72 GFLOP/s that way and ~80 with 64-row blocks and padded rows (the
+// train steps: bench/results/cpu-avx2/ring-blocks).
+constexpr int64_t kBlockRows = 64;
 constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 6;
 
 // out = v w over `rows` rows (depth, n: as block_times) in the backward's tiles.
@@ -388,10 +397,11 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
                    T* dw_x, T* db_in, T* db_rec) {
   const int64_t u = L.units, g = gates_of(L.cell) * u, s = stash_of(L.cell) * u;
   const int64_t rows = b1 - b0, step = L.batch * u;
-  constexpr int64_t kBlock = 16;  // steps per weight-gradient update: rows still in cache
+  const int64_t block = std::max<int64_t>(1, kBlockRows / rows);  // steps per update
+  const int64_t lg = g + 64 / static_cast<int64_t>(sizeof(T));  // ring rows: a line more
   const bool lstm = L.cell == kLstm, after = L.cell == kGruAfter;
   std::vector<T> product(rows * u), total(u);
-  std::vector<T> ring_x(kBlock * rows * g), ring_u(after ? kBlock * rows * g : 0);
+  std::vector<T> ring_x(block * rows * lg), ring_u(after ? block * rows * lg : 0);
   std::vector<const T*> block_h, block_x, block_d, block_u, block_rh;
   T* dh = D.dh + b0 * u;
   T* dc = D.dc + b0 * u;
@@ -401,11 +411,11 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
     const T* hp = (t == 0 ? L.h0 : D.hs + (t - 1) * step) + b0 * u;
     const T* st = D.stash + (t * L.batch + b0) * s;
     const bool* m = L.mask + t * L.batch + b0;
-    T* dx = ring_x.data() + block_h.size() * rows * g;
-    T* du = after ? ring_u.data() + block_h.size() * rows * g : dx;
+    T* dx = ring_x.data() + block_h.size() * rows * lg;
+    T* du = after ? ring_u.data() + block_h.size() * rows * lg : dx;
     for (int64_t r = 0; r < rows; ++r) {
-      T* dxr = dx + r * g;
-      T* dur = du + r * g;
+      T* dxr = dx + r * lg;
+      T* dur = du + r * lg;
       if (!m[r]) {  // a masked step passes dh (and dc) through
         std::fill(dxr, dxr + g, T(0));
         if (after) std::fill(dur, dur + g, T(0));
@@ -426,15 +436,15 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     if (L.cell == kGruBefore) {
-      backward_times(rows, dx + 2 * u, g, D.w_t + 2 * u * u, u, product.data(), u, u, u);
+      backward_times(rows, dx + 2 * u, lg, D.w_t + 2 * u * u, u, product.data(), u, u, u);
       for (int64_t r = 0; r < rows; ++r)
         if (m[r])
           gru_before_grads<T>(st + r * s, hp + r * u, product.data() + r * u, dh + r * u,
-                              dx + r * g, u);
+                              dx + r * lg, u);
     }
     // dh <- dU W_h^T (GRU: added to the direct paths); GRU reset_before: z and r only.
     const int64_t depth = L.cell == kGruBefore ? 2 * u : g;
-    backward_times(rows, du, g, D.w_t, u, product.data(), u, depth, u);
+    backward_times(rows, du, lg, D.w_t, u, product.data(), u, depth, u);
     for (int64_t r = 0; r < rows; ++r) {
       if (!m[r]) continue;
       const T* prr = product.data() + r * u;
@@ -446,33 +456,33 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       }
     }
     // The input's gradient (masked rows: dX is zero there).
-    backward_times(rows, dx, g, D.w_xt, L.inputs, D.dxs + (t * L.batch + b0) * L.inputs,
+    backward_times(rows, dx, lg, D.w_xt, L.inputs, D.dxs + (t * L.batch + b0) * L.inputs,
                    L.inputs, g, L.inputs);
     block_h.push_back(hp);
     block_x.push_back(L.xs + (t * L.batch + b0) * L.inputs);
     block_d.push_back(dx);
     block_u.push_back(du);
     block_rh.push_back(st + 3 * u);
-    if (static_cast<int64_t>(block_h.size()) == kBlock || t == 0) {
+    if (static_cast<int64_t>(block_h.size()) == block || t == 0) {
       const int64_t n = block_h.size();
-      add_transposed_products(block_x.data(), L.inputs, block_d.data(), g, n, rows, dw_x, g,
+      add_transposed_products(block_x.data(), L.inputs, block_d.data(), lg, n, rows, dw_x, g,
                               L.inputs, g);
       for (const T* d : block_d)
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t j = 0; j < g; ++j) db_in[j] += d[r * g + j];
+          for (int64_t j = 0; j < g; ++j) db_in[j] += d[r * lg + j];
       if (L.cell == kGruBefore) {
-        add_transposed_products(block_h.data(), u, block_d.data(), g, n, rows, dw_h, g, u,
+        add_transposed_products(block_h.data(), u, block_d.data(), lg, n, rows, dw_h, g, u,
                                 2 * u);
         for (auto& d : block_d) d += 2 * u;  // the candidate's columns, against r * h
-        add_transposed_products(block_rh.data(), s, block_d.data(), g, n, rows, dw_h + 2 * u,
+        add_transposed_products(block_rh.data(), s, block_d.data(), lg, n, rows, dw_h + 2 * u,
                                 g, u, u);
       } else {
-        add_transposed_products(block_h.data(), u, block_u.data(), g, n, rows, dw_h, g, u, g);
+        add_transposed_products(block_h.data(), u, block_u.data(), lg, n, rows, dw_h, g, u, g);
       }
       if (after)
         for (const T* d : block_u)
           for (int64_t r = 0; r < rows; ++r)
-            for (int64_t j = 0; j < g; ++j) db_rec[j] += d[r * g + j];
+            for (int64_t j = 0; j < g; ++j) db_rec[j] += d[r * lg + j];
       block_h.clear();
       block_x.clear();
       block_d.clear();
