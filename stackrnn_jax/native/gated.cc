@@ -380,7 +380,7 @@ struct Grads {
 // 16 steps of them, into 16; both were read from L2 for every tile. In a single-thread
 // microbenchmark of add_transposed_products at these shapes (AVX2, 2-core AMD EPYC) the
 // sums ran at ~62-72 GFLOP/s that way and ~80 with 64-row blocks and padded rows (the
-// train steps: bench/results/cpu-avx2/ring-blocks).
+// train steps: bench/results/cpu-avx2/ring-blocks-lstm).
 constexpr int64_t kBlockRows = 64;
 constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 6;
 

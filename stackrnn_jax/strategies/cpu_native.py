@@ -32,7 +32,7 @@ tens of MB a layer, page-faulted in anew each call under glibc's default malloc)
 ``jax.grad`` it
 also stores each step's gate activations (and the LSTM's cell state), from which the
 backward kernel runs the reverse loop, forms the input's gradient per step and sums
-``dW_h``, ``dW_x`` and the biases' gradients per 16-step block (no
+``dW_h``, ``dW_x`` and the biases' gradients per block of about 64 rows (no
 ``(time, batch, gates*units)`` gradient array is written out).
 
 The kernels ask Linux for transparent huge pages on the large outputs they write in full
