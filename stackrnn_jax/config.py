@@ -174,8 +174,8 @@ _ENSEMBLE = dict(members=3, val_fraction=0.0, average_decay=0.995)
 # The GRU ensemble steps at 3e-3 (bigru-best: 2e-3); the SimpleRNN's has five members and
 # stops after 2 epochs (simple-best: 3), each measured in README "IMDB accuracy".
 PRESETS["bigru-ensemble"] = dict(PRESETS["bigru-best"], **_ENSEMBLE, learning_rate=3e-3)
-PRESETS["simple-ensemble"] = dict(PRESETS["simple-best"], bidirectional=True,
-                                  **{**_ENSEMBLE, "members": 5}, epochs=2)
+PRESETS["simple-ensemble"] = {**PRESETS["simple-best"], **_ENSEMBLE, "bidirectional": True,
+                              "members": 5, "epochs": 2}
 
 
 def preset(name: str) -> TrainConfig:

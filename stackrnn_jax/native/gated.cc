@@ -373,6 +373,8 @@ struct Grads {
 // four vectors that made the training step slower, before the tiles were written in
 // vectors, met the auto-vectoriser's slow one-vector tiles at 32 inputs.)
 // With AVX2's 16 registers, 6 rows by two vectors (12 sums: see add_transposed_products).
+constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 6;
+
 // The weight gradients are summed over blocks of about 64 rows (4 steps of a 16-row
 // chunk), and the ring's rows are one cache line longer than the G*u gates. At 256 gate
 // columns (LSTM, 64 units) the rows were 1 KB apart and 256 of them (16 steps): a tile's
@@ -382,7 +384,6 @@ struct Grads {
 // sums ran at ~62-72 GFLOP/s that way and ~80 with 64-row blocks and padded rows (the
 // train steps: bench/results/cpu-avx2/ring-blocks-lstm).
 constexpr int64_t kBlockRows = 64;
-constexpr int kBackwardVectors = 2, kBackwardRows = stackrnn::kRegisters >= 32 ? 8 : 6;
 
 // out = v w over `rows` rows (depth, n: as block_times) in the backward's tiles.
 template <typename T>
