@@ -19,12 +19,86 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__SSE__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
 namespace stackrnn {
 
 namespace ffi = xla::ffi;
+
+// The target's SIMD registers: their width in bytes and how many there are; the register
+// tiles below and in gated.cc are sized from them. AVX-512 (what -march=native finds on
+// the development CPU): 64 bytes x 32; AVX/AVX2: 32 x 16; AArch64: 16 x 32; else 16 x 16.
+// Tiles of 64-byte vectors compiled for AVX2 left the registers and ran ~10x slower.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32, kRegisters = 16;
+#elif defined(__aarch64__)
+constexpr int kVectorBytes = 16, kRegisters = 32;
+#else
+constexpr int kVectorBytes = 16, kRegisters = 16;
+#endif
+
+// The forward's row matmuls keep 4 rows by this many vectors of sums in registers: four
+// where there are 32 registers, two where there are 16 (16 sums would leave none for the
+// operands).
+constexpr int kForwardVectors = kRegisters >= 32 ? 4 : 2;
+
+// A vector of T in one register (the GCC and Clang vector extension), for register tiles
+// that must stay vectorised along their columns: left to the auto-vectoriser, a tile one
+// vector wide was vectorised across its rows with shuffles and ran ~5x slower.
+template <typename T>
+struct Vector {
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+};
+template <typename T>
+using vec_t = typename Vector<T>::type;
+
+template <typename T>
+inline vec_t<T> load_vector(const T* p) {
+  vec_t<T> x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+template <typename T>
+inline void store_vector(T* p, vec_t<T> x) {
+  std::memcpy(p, &x, sizeof x);
+}
+
+// Each lane's x clamped to [lo, hi], a NaN passed through (as std::min(std::max(x, lo), hi)
+// is for one value), in one vector max and min. GCC vectorised std::min/std::max in a
+// loop as compares, an and and a blend each: the LSTM's gates, 5 rational tanh per
+// value (two clamps each), took 1.4x as long as with these (single-thread microbenchmark
+// of a 16-row step, AVX2, 2-core AMD EPYC). The x86 max(a, b) returns b where the lanes
+// are unordered, hence max(lo, x) and min(hi, ...); NEON's return the NaN.
+inline vec_t<float> clamp_of(vec_t<float> x, float lo, float hi) {
+  using V = vec_t<float>;
+  const V low = V{} + lo, high = V{} + hi;
+#if defined(__AVX512F__)
+  return (V)_mm512_min_ps((__m512)high, _mm512_max_ps((__m512)low, (__m512)x));
+#elif defined(__AVX__)
+  return (V)_mm256_min_ps((__m256)high, _mm256_max_ps((__m256)low, (__m256)x));
+#elif defined(__SSE__)
+  return (V)_mm_min_ps((__m128)high, _mm_max_ps((__m128)low, (__m128)x));
+#elif defined(__aarch64__)
+  return (V)vminq_f32((float32x4_t)high, vmaxq_f32((float32x4_t)low, (float32x4_t)x));
+#else
+  const V y = x < low ? low : x;
+  return high < y ? high : y;
+#endif
+}
+
+template <typename T>
+inline T clamp_of(T x, T lo, T hi) {
+  return std::min(std::max(x, lo), hi);
+}
 
 // e^x = 2^n e^r with |r| <= ln2/2 and a Taylor polynomial for e^r (to r^7 in float32,
 // r^13 in float64: relative error below each type's resolution); x is clamped where the
@@ -79,13 +153,15 @@ inline T exp_of(T x) {
 // rational fit of degrees 4 and 4 in x^2 (scripts/fit_tanh.py writes these coefficients;
 // absolute error ~3e-7 evaluated in float32), clamped to [-1, 1]. 10 multiply-adds and a
 // division, against ~20 operations and a division for (e - 1) / (e + 1) through exp_of.
-inline float rational_tanh(float x) {
-  const float y = std::min(std::max(x, -9.0f), 9.0f), s = y * y;
-  const float p = (((1.31842288e-08f * s + 2.04718071e-05f) * s + 3.48657928e-03f) * s +
-                   1.33731946e-01f) * s + 9.99999881e-01f;
-  const float q = (((7.70265785e-07f * s + 3.27138201e-04f) * s + 2.58419681e-02f) * s +
-                   4.67064917e-01f) * s + 1.0f;
-  return std::min(std::max(y * p / q, -1.0f), 1.0f);
+// V: float or a vector of float.
+template <typename V>
+inline V rational_tanh(V x) {
+  const V y = clamp_of(x, -9.0f, 9.0f), s = y * y;
+  const V p = (((1.31842288e-08f * s + 2.04718071e-05f) * s + 3.48657928e-03f) * s +
+               1.33731946e-01f) * s + 9.99999881e-01f;
+  const V q = (((7.70265785e-07f * s + 3.27138201e-04f) * s + 2.58419681e-02f) * s +
+               4.67064917e-01f) * s + 1.0f;
+  return clamp_of(y * p / q, -1.0f, 1.0f);
 }
 
 // tanh(x) = (e - 1) / (e + 1), e = e^(2x), in float64 (the rational fit above is float32's);
@@ -93,7 +169,7 @@ inline float rational_tanh(float x) {
 // relative error of tiny |x| is larger, far below any tolerance the reference checks use).
 template <typename T>
 inline T tanh_of(T x) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, vec_t<float>>) {
     return rational_tanh(x);
   } else {
     const T bound = ExpConstants<T>::kTanhClamp;
@@ -105,52 +181,45 @@ inline T tanh_of(T x) {
 // sigmoid(x) = (1 + tanh(x / 2)) / 2 in float32 (one rational tanh), 1 / (1 + e^-x) in float64.
 template <typename T>
 inline T sigmoid_of(T x) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, vec_t<float>>) {
     return 0.5f + 0.5f * rational_tanh(0.5f * x);
   } else {
     return T(1) / (T(1) + exp_of(-x));
   }
 }
 
-// The target's SIMD registers: their width in bytes and how many there are; the register
-// tiles below and in gated.cc are sized from them. AVX-512 (what -march=native finds on
-// the development CPU): 64 bytes x 32; AVX/AVX2: 32 x 16; AArch64: 16 x 32; else 16 x 16.
-// Tiles of 64-byte vectors compiled for AVX2 left the registers and ran ~10x slower.
-#if defined(__AVX512F__)
-constexpr int kVectorBytes = 64, kRegisters = 32;
-#elif defined(__AVX__)
-constexpr int kVectorBytes = 32, kRegisters = 16;
-#elif defined(__aarch64__)
-constexpr int kVectorBytes = 16, kRegisters = 32;
-#else
-constexpr int kVectorBytes = 16, kRegisters = 16;
-#endif
-
-// The forward's row matmuls keep 4 rows by this many vectors of sums in registers: four
-// where there are 32 registers, two where there are 16 (16 sums would leave none for the
-// operands).
-constexpr int kForwardVectors = kRegisters >= 32 ? 4 : 2;
-
-// A vector of T in one register (the GCC and Clang vector extension), for register tiles
-// that must stay vectorised along their columns: left to the auto-vectoriser, a tile one
-// vector wide was vectorised across its rows with shuffles and ran ~5x slower.
-template <typename T>
-struct Vector {
-  typedef T type __attribute__((vector_size(kVectorBytes)));
-};
-template <typename T>
-using vec_t = typename Vector<T>::type;
-
-template <typename T>
-inline vec_t<T> load_vector(const T* p) {
-  vec_t<T> x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
+// load_as<V>(p): the value at p (V = T) or the vector from p on (V = vec_t<T>); store_as
+// writes either back.
+template <typename V, typename T>
+inline V load_as(const T* p) {
+  if constexpr (std::is_same_v<V, T>) {
+    return *p;
+  } else {
+    return load_vector(p);
+  }
 }
 
-template <typename T>
-inline void store_vector(T* p, vec_t<T> x) {
-  std::memcpy(p, &x, sizeof x);
+template <typename T, typename V>
+inline void store_as(T* p, V x) {
+  if constexpr (std::is_same_v<V, T>) {
+    *p = x;
+  } else {
+    store_vector(p, x);
+  }
+}
+
+// Calls body(j, V{}) for the columns j < n of a row: float32 a vector at a time (V =
+// vec_t<float>, j a multiple of its width), then the rest one at a time (V = T); float64
+// one at a time (its exp_of is written for single values; GCC vectorises those loops). An
+// elementwise loop is so written once, as a generic lambda, for vectors and single values.
+template <typename T, typename Body>
+__attribute__((always_inline)) inline void by_columns(int64_t n, Body body) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    constexpr int64_t kVector = kVectorBytes / sizeof(T);
+    for (; j + kVector <= n; j += kVector) body(j, vec_t<T>{});
+  }
+  for (; j < n; ++j) body(j, T{});
 }
 
 // The kI-row, kV-vector block of out at (i0, j0) += sum over segments s and rows r of

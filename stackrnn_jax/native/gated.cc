@@ -46,9 +46,12 @@ namespace {
 
 using stackrnn::add_transposed_products;
 using stackrnn::block_times;
+using stackrnn::by_columns;
 using stackrnn::by_dtype;
+using stackrnn::load_as;
 using stackrnn::over_rows;
 using stackrnn::sigmoid_of;
+using stackrnn::store_as;
 using stackrnn::tanh_of;
 using stackrnn::Term;
 
@@ -59,44 +62,51 @@ enum Cell : int64_t { kLstm = 0, kGruAfter = 1, kGruBefore = 2, kSimple = 3 };
 int64_t gates_of(int64_t cell) { return cell == kLstm ? 4 : cell == kSimple ? 1 : 3; }
 int64_t stash_of(int64_t cell) { return cell == kLstm ? 5 : cell == kSimple ? 1 : 4; }
 
-template <int kAct, typename T>
-inline T act(T x) {
+// V: a value or a vector of values (see by_columns).
+template <int kAct, typename V>
+inline V act(V x) {
   if constexpr (kAct == 0) return tanh_of(x);
-  return x > T(0) ? x : T(0);
+  return x > V{} ? x : V{};
 }
 
 // act'(x) from y = act(x): tanh 1 - y^2, relu y > 0.
-template <int kAct, typename T>
-inline T act_grad(T y) {
-  if constexpr (kAct == 0) return T(1) - y * y;
-  return y > T(0) ? T(1) : T(0);
+template <int kAct, typename V>
+inline V act_grad(V y) {
+  const V one = V{} + 1;
+  if constexpr (kAct == 0) return one - y * y;
+  return y > V{} ? one : V{};
 }
 
-// The gates of one row, elementwise. Each its own function with __restrict arguments:
-// inlined into the step loop, where the rows share arrays, GCC did not vectorise them
-// (the step's elementwise work then took twice the time of its matmuls).
+// The gates of one row, elementwise, a vector of columns at a time (by_columns). Each its
+// own function with __restrict arguments: inlined into the step loop, where the rows
+// share arrays, GCC did not vectorise them (the step's elementwise work then took twice
+// the time of its matmuls).
 
 // SimpleRNN: h_t = act(z).
 template <typename T, int kAct>
 __attribute__((noinline)) void simple_output(const T* __restrict z, T* __restrict h, int64_t u) {
-  for (int64_t j = 0; j < u; ++j) h[j] = act<kAct>(z[j]);
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    store_as(h + j, act<kAct>(load_as<decltype(like)>(z + j)));
+  });
 }
 
 // LSTM: z [i f g o] pre-activations in, activations out; c_t and h_t from c_{t-1}.
 template <typename T, int kAct>
 __attribute__((noinline)) void lstm_gates(T* __restrict z, const T* __restrict cp,
                                           T* __restrict c, T* __restrict h, int64_t u) {
-  for (int64_t j = 0; j < u; ++j) {
-    const T i = sigmoid_of(z[j]), f = sigmoid_of(z[u + j]);
-    const T gg = act<kAct>(z[2 * u + j]), o = sigmoid_of(z[3 * u + j]);
-    const T cn = f * cp[j] + i * gg;
-    z[j] = i;
-    z[u + j] = f;
-    z[2 * u + j] = gg;
-    z[3 * u + j] = o;
-    c[j] = cn;
-    h[j] = o * act<kAct>(cn);
-  }
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    using V = decltype(like);
+    const V i = sigmoid_of(load_as<V>(z + j)), f = sigmoid_of(load_as<V>(z + u + j));
+    const V gg = act<kAct>(load_as<V>(z + 2 * u + j));
+    const V o = sigmoid_of(load_as<V>(z + 3 * u + j));
+    const V cn = f * load_as<V>(cp + j) + i * gg;
+    store_as(z + j, i);
+    store_as(z + u + j, f);
+    store_as(z + 2 * u + j, gg);
+    store_as(z + 3 * u + j, o);
+    store_as(c + j, cn);
+    store_as(h + j, o * act<kAct>(cn));
+  });
 }
 
 // GRU reset_after: x [xw_z xw_r xw_n] in, [z r n u_n] out; rec = h W_h + b_rec.
@@ -104,38 +114,44 @@ template <typename T, int kAct>
 __attribute__((noinline)) void gru_after_gates(T* __restrict x, const T* __restrict rec,
                                                const T* __restrict hp, T* __restrict h,
                                                int64_t u) {
-  for (int64_t j = 0; j < u; ++j) {
-    const T z = sigmoid_of(x[j] + rec[j]), r = sigmoid_of(x[u + j] + rec[u + j]);
-    const T n = act<kAct>(x[2 * u + j] + r * rec[2 * u + j]);
-    x[j] = z;
-    x[u + j] = r;
-    x[2 * u + j] = n;
-    x[3 * u + j] = rec[2 * u + j];
-    h[j] = z * hp[j] + (T(1) - z) * n;
-  }
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    using V = decltype(like);
+    const V z = sigmoid_of(load_as<V>(x + j) + load_as<V>(rec + j));
+    const V r = sigmoid_of(load_as<V>(x + u + j) + load_as<V>(rec + u + j));
+    const V rec_n = load_as<V>(rec + 2 * u + j);
+    const V n = act<kAct>(load_as<V>(x + 2 * u + j) + r * rec_n);
+    store_as(x + j, z);
+    store_as(x + u + j, r);
+    store_as(x + 2 * u + j, n);
+    store_as(x + 3 * u + j, rec_n);
+    store_as(h + j, z * load_as<V>(hp + j) + (1 - z) * n);
+  });
 }
 
 // GRU reset_before, before the candidate's matmul: z, r and r * h_{t-1} into x.
 template <typename T>
 __attribute__((noinline)) void gru_before_gates(T* __restrict x, const T* __restrict rec,
                                                 const T* __restrict hp, int64_t u) {
-  for (int64_t j = 0; j < u; ++j) {
-    const T z = sigmoid_of(x[j] + rec[j]), r = sigmoid_of(x[u + j] + rec[u + j]);
-    x[j] = z;
-    x[u + j] = r;
-    x[3 * u + j] = r * hp[j];
-  }
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    using V = decltype(like);
+    const V z = sigmoid_of(load_as<V>(x + j) + load_as<V>(rec + j));
+    const V r = sigmoid_of(load_as<V>(x + u + j) + load_as<V>(rec + u + j));
+    store_as(x + j, z);
+    store_as(x + u + j, r);
+    store_as(x + 3 * u + j, r * load_as<V>(hp + j));
+  });
 }
 
 // GRU reset_before, after it: x's candidate column holds xw_n + (r h) W_h[:, 2u:].
 template <typename T, int kAct>
 __attribute__((noinline)) void gru_before_output(T* __restrict x, const T* __restrict hp,
                                                  T* __restrict h, int64_t u) {
-  for (int64_t j = 0; j < u; ++j) {
-    const T n = act<kAct>(x[2 * u + j]);
-    x[2 * u + j] = n;
-    h[j] = x[j] * hp[j] + (T(1) - x[j]) * n;
-  }
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    using V = decltype(like);
+    const V n = act<kAct>(load_as<V>(x + 2 * u + j)), z = load_as<V>(x + j);
+    store_as(x + 2 * u + j, n);
+    store_as(h + j, z * load_as<V>(hp + j) + (1 - z) * n);
+  });
 }
 
 template <typename T>
@@ -305,16 +321,18 @@ template <typename T, int kAct>
 __attribute__((noinline)) void lstm_grads(const T* __restrict x, const T* __restrict cp,
                                           const T* __restrict total, T* __restrict dc,
                                           T* __restrict dx, int64_t u) {
-  for (int64_t j = 0; j < u; ++j) {
-    const T i = x[j], f = x[u + j], gg = x[2 * u + j], o = x[3 * u + j];
-    const T a = act<kAct>(x[4 * u + j]);
-    const T dct = dc[j] + total[j] * o * act_grad<kAct>(a);
-    dx[j] = dct * gg * i * (T(1) - i);
-    dx[u + j] = dct * cp[j] * f * (T(1) - f);
-    dx[2 * u + j] = dct * i * act_grad<kAct>(gg);
-    dx[3 * u + j] = total[j] * a * o * (T(1) - o);
-    dc[j] = dct * f;
-  }
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    using V = decltype(like);
+    const V i = load_as<V>(x + j), f = load_as<V>(x + u + j), gg = load_as<V>(x + 2 * u + j);
+    const V o = load_as<V>(x + 3 * u + j), a = act<kAct>(load_as<V>(x + 4 * u + j));
+    const V tj = load_as<V>(total + j);
+    const V dct = load_as<V>(dc + j) + tj * o * act_grad<kAct>(a);
+    store_as(dx + j, dct * gg * i * (1 - i));
+    store_as(dx + u + j, dct * load_as<V>(cp + j) * f * (1 - f));
+    store_as(dx + 2 * u + j, dct * i * act_grad<kAct>(gg));
+    store_as(dx + 3 * u + j, tj * a * o * (1 - o));
+    store_as(dc + j, dct * f);
+  });
 }
 
 // GRU: dX [dz dr dn] (pre-activation; reset_before's dr is formed later, from d(r h)),

@@ -36,14 +36,19 @@ namespace {
 
 using stackrnn::add_transposed_products;
 using stackrnn::block_times;
+using stackrnn::by_columns;
 using stackrnn::by_dtype;
+using stackrnn::load_as;
 using stackrnn::over_rows;
+using stackrnn::store_as;
 using stackrnn::tanh_of;
 
 template <typename T>
 void activate(T* row, int64_t n, int64_t activation) {
   if (activation == 0) {
-    for (int64_t j = 0; j < n; ++j) row[j] = tanh_of(row[j]);
+    by_columns<T>(n, [&](int64_t j, auto like) {
+      store_as(row + j, tanh_of(load_as<decltype(like)>(row + j)));
+    });
   } else {
     for (int64_t j = 0; j < n; ++j) row[j] = row[j] > T(0) ? row[j] : T(0);
   }
