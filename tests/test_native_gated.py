@@ -272,6 +272,37 @@ def test_weight_gradients_summed_over_several_blocks_match_scan(cell, reset_afte
         assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
 
 
+@pytest.mark.parametrize("time,padding", [(37, "pre"), (32, "post")])
+def test_lstm_cell_states_recomputed_from_checkpoints_match_scan(time, padding):
+    """The LSTM's stash keeps c every 16 steps (CHECKPOINT_STEPS) and the backward pass
+    recomputes the others a block at a time: T 37 (two whole blocks and a short one) and
+    T 32 (a checkpoint after the last step); lengths that end inside, at the edge of and
+    just past a block, an empty row, masked steps at either end; initial states.
+    float64 outputs and final states against the reference, gradients (the final c's
+    included) against scan."""
+    with jax.enable_x64(True):
+        units = [21, 13]
+        params = _params("lstm", True, 5, units, jnp.float64)
+        x = jax.random.normal(jax.random.key(9), (9, time, 5), jnp.float64)
+        h0 = _initial_state("lstm", 9, units, jnp.float64)
+        lengths = np.array([time, 0, 1, 15, 16, 17, 31, 33, time - 1]).clip(0, time)
+        kw = dict(cell="lstm", lengths=lengths, padding=padding, return_sequences=True,
+                  return_state=True)
+
+        def run(strategy):
+            return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
+        ours = jax.jit(run("cpu_native"))(params, x, h0)
+        assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
+
+        def grad(strategy):
+            def loss(p, x, s):
+                ys, states = run(strategy)(p, x, s)
+                return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
+                                                  for leaf in jax.tree.leaves(states))
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
+        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
 def test_weight_gradients_are_the_same_bits_every_call(cell):
     """Batch 96: six row chunks, more than the threads, so they finish in varying order;

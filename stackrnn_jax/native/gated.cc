@@ -21,9 +21,13 @@
 //
 // Inference of a layer read only through its final state (the top of a classifier)
 // writes that state alone (attribute sequences 0), not the (time, batch, u) states.
-// Training forward also stores, per step and row, what the backward pass reads
-// (stash (time, batch, S*units)): LSTM [i f g o c_t] (S 5), GRU [z r n u_n] (after) or
-// [z r n r*h] (before) (S 4). Backward, from the stash, per step in reverse: dX (the
+// Training forward also stores, per step and row, what the backward pass reads (the
+// stash: (time, batch, S*units), flat): LSTM [i f g o] (S 4), GRU [z r n u_n] (after) or
+// [z r n r*h] (before) (S 4); then the LSTM's c_t after every kCheckpointSteps-th step
+// (time / kCheckpointSteps, batch, units), from which the backward recomputes the other
+// steps' c_t a block at a time (c_t = f c_{t-1} + i g: two operations per value, against a
+// fifth of the stash written, page-faulted in and read back). Backward, from the stash,
+// per step in reverse: dX (the
 // cotangent of the step's input term), the recurrent term's cotangent dU (= dX except GRU
 // reset_after's candidate block, r * dn), dh <- dU W_h^T (+ the direct paths) and the
 // input's gradient dxs = dX W_x^T; dW_h = H_prev^T dU, dW_x = X^T dX, db_in = sum dX and
@@ -60,7 +64,19 @@ using stackrnn::Term;
 enum Cell : int64_t { kLstm = 0, kGruAfter = 1, kGruBefore = 2, kSimple = 3 };
 
 int64_t gates_of(int64_t cell) { return cell == kLstm ? 4 : cell == kSimple ? 1 : 3; }
-int64_t stash_of(int64_t cell) { return cell == kLstm ? 5 : cell == kSimple ? 1 : 4; }
+int64_t stash_of(int64_t cell) { return cell == kSimple ? 1 : 4; }
+
+// The LSTM's stash keeps c_t after steps K - 1, 2K - 1, ... (K = kCheckpointSteps); the
+// backward recomputes a block of K steps' c_t at once into a (K, rows, units) buffer, which
+// stays in L2 (64 KB for a 16-row chunk of 64 units). strategies/cpu_native.py's
+// CHECKPOINT_STEPS is this number.
+constexpr int64_t kCheckpointSteps = 16;
+
+// The values in a layer's stash: S*u a row and step, then the LSTM's checkpoints.
+int64_t stash_size(int64_t cell, int64_t time, int64_t batch, int64_t units) {
+  const int64_t checkpoints = cell == kLstm ? time / kCheckpointSteps : 0;
+  return (time * stash_of(cell) + checkpoints) * batch * units;
+}
 
 // V: a value or a vector of values (see by_columns).
 template <int kAct, typename V>
@@ -90,6 +106,13 @@ __attribute__((noinline)) void simple_output(const T* __restrict z, T* __restric
   });
 }
 
+// The LSTM's c_t from its gates and c_{t-1}: the one expression of the forward pass and of
+// the backward's recomputation (recompute_cells), so that both round alike.
+template <typename V>
+inline V next_cell(V i, V f, V gg, V cp) {
+  return f * cp + i * gg;
+}
+
 // LSTM: z [i f g o] pre-activations in, activations out; c_t and h_t from c_{t-1}.
 template <typename T, int kAct>
 __attribute__((noinline)) void lstm_gates(T* __restrict z, const T* __restrict cp,
@@ -99,7 +122,7 @@ __attribute__((noinline)) void lstm_gates(T* __restrict z, const T* __restrict c
     const V i = sigmoid_of(load_as<V>(z + j)), f = sigmoid_of(load_as<V>(z + u + j));
     const V gg = act<kAct>(load_as<V>(z + 2 * u + j));
     const V o = sigmoid_of(load_as<V>(z + 3 * u + j));
-    const V cn = f * load_as<V>(cp + j) + i * gg;
+    const V cn = next_cell(i, f, gg, load_as<V>(cp + j));
     store_as(z + j, i);
     store_as(z + u + j, f);
     store_as(z + 2 * u + j, gg);
@@ -177,7 +200,8 @@ class RowsForward {
         states_{std::vector<T>(sequences ? 0 : rows_ * u_),
                 std::vector<T>(sequences ? 0 : rows_ * u_)},
         gates_(stash ? 0 : rows_ * s_), rec_(rows_ * g_),
-        cells_{std::vector<T>(stash ? 0 : rows_ * u_), std::vector<T>(stash ? 0 : rows_ * u_)} {}
+        cells_{std::vector<T>(rows_ * u_), std::vector<T>(rows_ * u_)},
+        checkpoints_(stash && L.cell == kLstm ? stash + L.time * L.batch * s_ : nullptr) {}
 
   // The state after step t of this chunk's rows (rows u apart either way).
   T* state(int64_t t) {
@@ -205,22 +229,22 @@ class RowsForward {
         }
       }
     } else if (L_.cell == kLstm) {
-      // c_{t-1} and c_t, rows lc apart: in the stash, or the two running buffers.
-      const int64_t lc = stash_ ? s : u;
-      const T* cp = t == 0 ? L_.c0 + b0_ * u
-                           : stash_ ? st - L_.batch * s + 4 * u : cells_[(t - 1) % 2].data();
-      const int64_t lcp = t == 0 ? u : lc;
-      T* c = stash_ ? st + 4 * u : cells_[t % 2].data();
+      // c_{t-1} and c_t (rows u apart) in the two running buffers; the stash's checkpoints
+      // take a copy every kCheckpointSteps steps.
+      const T* cp = t == 0 ? L_.c0 + b0_ * u : cells_[(t - 1) % 2].data();
+      T* c = cells_[t % 2].data();
       for (int64_t r = 0; r < rows; ++r) {
         if (m[r]) {
-          lstm_gates<T, kAct>(st + r * s, cp + r * lcp, c + r * lc, h + r * u, u);
+          lstm_gates<T, kAct>(st + r * s, cp + r * u, c + r * u, h + r * u, u);
         } else {  // the carry is held
           std::copy(hp + r * u, hp + (r + 1) * u, h + r * u);
-          std::copy(cp + r * lcp, cp + r * lcp + u, c + r * lc);
+          std::copy(cp + r * u, cp + (r + 1) * u, c + r * u);
         }
       }
+      if (checkpoints_ && (t + 1) % kCheckpointSteps == 0)
+        std::copy(c, c + rows * u,
+                  checkpoints_ + (t / kCheckpointSteps * L_.batch + b0_) * u);
       last_cells_ = c;
-      last_cells_step_ = lc;
     } else if (L_.cell == kGruAfter) {
       block_times(rows, hp, u, L_.w_h, g, L_.b_rec, 0, rec_.data(), g, u, g);  // h W_h + b_rec
       for (int64_t r = 0; r < rows; ++r) {
@@ -261,9 +285,7 @@ class RowsForward {
     } else if (L_.time == 0) {
       std::copy(L_.c0 + b0_ * u, L_.c0 + b1 * u, c_last + b0_ * u);
     } else {
-      for (int64_t r = 0; r < rows_; ++r)
-        std::copy(last_cells_ + r * last_cells_step_, last_cells_ + r * last_cells_step_ + u,
-                  c_last + (b0_ + r) * u);
+      std::copy(last_cells_, last_cells_ + rows_ * u, c_last + b0_ * u);
     }
   }
 
@@ -274,12 +296,12 @@ class RowsForward {
   T* const stash_;
   const bool sequences_;
   std::vector<T> states_[2];
-  // Without a stash, one step's gate rows and the LSTM's cell state (two buffers, the
-  // previous step's and this one's) live here.
+  // Without a stash, one step's gate rows live here; the LSTM's cell state in two buffers
+  // (the previous step's and this one's).
   std::vector<T> gates_, rec_;
   std::vector<T> cells_[2];
-  const T* last_cells_ = nullptr;  // the LSTM's c after the latest step, rows apart by:
-  int64_t last_cells_step_ = 0;
+  T* const checkpoints_;           // the LSTM's c every kCheckpointSteps steps, or null
+  const T* last_cells_ = nullptr;  // the LSTM's c after the latest step (rows u apart)
 };
 
 // One layer's forward pass over rows [b0, b1) (RowsForward over the layer's own input).
@@ -315,16 +337,16 @@ void stack_rows(const std::vector<Layer<T>>& layers, int64_t b0, int64_t b1, T* 
 }
 
 // The backward pass's elementwise work for one row (noinline with __restrict, as above).
-// total: the gradient reaching h_t. LSTM: dX [di df dg do] (pre-activation) and dc <- the
-// gradient reaching c_{t-1}.
+// total: the gradient reaching h_t. LSTM: x [i f g o], c_t and c_{t-1} (cp) in; dX [di df
+// dg do] (pre-activation) and dc <- the gradient reaching c_{t-1}.
 template <typename T, int kAct>
-__attribute__((noinline)) void lstm_grads(const T* __restrict x, const T* __restrict cp,
-                                          const T* __restrict total, T* __restrict dc,
-                                          T* __restrict dx, int64_t u) {
+__attribute__((noinline)) void lstm_grads(const T* __restrict x, const T* __restrict c,
+                                          const T* __restrict cp, const T* __restrict total,
+                                          T* __restrict dc, T* __restrict dx, int64_t u) {
   by_columns<T>(u, [&](int64_t j, auto like) {
     using V = decltype(like);
     const V i = load_as<V>(x + j), f = load_as<V>(x + u + j), gg = load_as<V>(x + 2 * u + j);
-    const V o = load_as<V>(x + 3 * u + j), a = act<kAct>(load_as<V>(x + 4 * u + j));
+    const V o = load_as<V>(x + 3 * u + j), a = act<kAct>(load_as<V>(c + j));
     const V tj = load_as<V>(total + j);
     const V dct = load_as<V>(dc + j) + tj * o * act_grad<kAct>(a);
     store_as(dx + j, dct * gg * i * (1 - i));
@@ -368,6 +390,40 @@ __attribute__((noinline)) void gru_before_grads(const T* __restrict x, const T* 
     const T r = x[u + j];
     dx[u + j] = d_rh[j] * hp[j] * r * (T(1) - r);
     dh[j] += d_rh[j] * r;
+  }
+}
+
+// The LSTM's c_t = f c_{t-1} + i g of one row from its gates x [i f g o] (next_cell).
+template <typename T>
+__attribute__((noinline)) void lstm_cell(const T* __restrict x, const T* __restrict cp,
+                                         T* __restrict c, int64_t u) {
+  by_columns<T>(u, [&](int64_t j, auto like) {
+    using V = decltype(like);
+    store_as(c + j, next_cell(load_as<V>(x + j), load_as<V>(x + u + j),
+                              load_as<V>(x + 2 * u + j), load_as<V>(cp + j)));
+  });
+}
+
+// The LSTM's c_t of rows [b0, b1) for steps [first, last] into cells ((step - first, row, u)),
+// from c_{first - 1} (c0, or the stash's checkpoint) and the stash's gates; a masked step
+// holds c, as the forward pass.
+template <typename T>
+void recompute_cells(const Layer<T>& L, const T* stash, int64_t b0, int64_t b1, int64_t first,
+                     int64_t last, T* cells) {
+  const int64_t u = L.units, s = stash_of(kLstm) * u, rows = b1 - b0;
+  const T* before = first == 0 ? L.c0 + b0 * u
+                               : stash + L.time * L.batch * s +
+                                     ((first / kCheckpointSteps - 1) * L.batch + b0) * u;
+  for (int64_t t = first; t <= last; ++t) {
+    T* now = cells + (t - first) * rows * u;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (L.mask[t * L.batch + b0 + r]) {
+        lstm_cell(stash + (t * L.batch + b0 + r) * s, before + r * u, now + r * u, u);
+      } else {
+        std::copy(before + r * u, before + (r + 1) * u, now + r * u);
+      }
+    }
+    before = now;
   }
 }
 
@@ -421,12 +477,19 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
   const bool lstm = L.cell == kLstm, after = L.cell == kGruAfter;
   std::vector<T> product(rows * u), total(u);
   std::vector<T> ring_x(block * rows * lg), ring_u(after ? block * rows * lg : 0);
+  // The LSTM's c_t of the current block of kCheckpointSteps steps, from its first step on.
+  std::vector<T> cells(lstm ? kCheckpointSteps * rows * u : 0);
+  int64_t first = 0;
   std::vector<const T*> block_h, block_x, block_d, block_u, block_rh;
   T* dh = D.dh + b0 * u;
   T* dc = D.dc + b0 * u;
   std::copy(D.dh_last + b0 * u, D.dh_last + b1 * u, dh);
   if (lstm) std::copy(D.dc_last + b0 * u, D.dc_last + b1 * u, dc);
   for (int64_t t = L.time - 1; t >= 0; --t) {
+    if (lstm && (t == L.time - 1 || (t + 1) % kCheckpointSteps == 0)) {
+      first = t / kCheckpointSteps * kCheckpointSteps;
+      recompute_cells(L, D.stash, b0, b1, first, t, cells.data());
+    }
     const T* hp = (t == 0 ? L.h0 : D.hs + (t - 1) * step) + b0 * u;
     const T* st = D.stash + (t * L.batch + b0) * s;
     const bool* m = L.mask + t * L.batch + b0;
@@ -446,8 +509,12 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       for (int64_t j = 0; j < u; ++j) total[j] = dhr[j] + (dyr ? dyr[j] : T(0));
       const T* x = st + r * s;
       if (lstm) {
-        const T* cp = t == 0 ? L.c0 + (b0 + r) * u : x - L.batch * s + 4 * u;
-        lstm_grads<T, kAct>(x, cp, total.data(), dc + r * u, dxr, u);
+        const T* c = cells.data() + ((t - first) * rows + r) * u;
+        const T* cp = t > first ? c - rows * u
+                    : t == 0    ? L.c0 + (b0 + r) * u
+                                : D.stash + L.time * L.batch * s +
+                                   ((first / kCheckpointSteps - 1) * L.batch + b0 + r) * u;
+        lstm_grads<T, kAct>(x, c, cp, total.data(), dc + r * u, dxr, u);
       } else if (after) {
         gru_grads<T, kAct, true>(x, hp + r * u, total.data(), dhr, dxr, dur, u);
       } else {
@@ -583,6 +650,11 @@ ffi::Error forward(ffi::ThreadPool pool, const ffi::AnyBuffer& xs, const ffi::An
       (sequences && out[0] != xs.dimensions()[0]) || out[want - 2] != h0.dimensions()[0] ||
       out[want - 1] != h0.dimensions()[1]) {
     return ffi::Error::InvalidArgument("stackrnn gated: hs has the wrong shape");
+  }
+  if (stash && (stash->dimensions().size() != 1 ||
+                stash->dimensions()[0] != stash_size(cell, xs.dimensions()[0],
+                                                     xs.dimensions()[1], h0.dimensions()[1]))) {
+    return ffi::Error::InvalidArgument("stackrnn gated: the stash has the wrong size");
   }
   return by_dtype(xs.element_type(), "gated", [&](auto type) {
     using T = decltype(type);
@@ -734,8 +806,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer xs, ffi::AnyBuffer w_x,
   if (auto error = check_layer(cell, activation, xs, w_x, w_h, h0, c0, mask); error.failure())
     return error;
   auto x = xs.dimensions(), k = stash.dimensions();
-  if (k.size() != 3 || k[0] != x[0] || k[1] != x[1] ||
-      k[2] != stash_of(cell) * h0.dimensions()[1]) {
+  if (k.size() != 1 || k[0] != stash_size(cell, x[0], x[1], h0.dimensions()[1])) {
     return ffi::Error::InvalidArgument("stackrnn gated: the stash does not match the layer");
   }
   return by_dtype(xs.element_type(), "gated", [&](auto type) {

@@ -65,7 +65,15 @@ from stackrnn_jax.strategies.registry import register
 ACTIVATION_CODES = {"tanh": 0, "relu": 1}   # the kernels' ``activation`` attribute
 DTYPES = (jnp.float32, jnp.float64)
 LSTM, GRU_AFTER, GRU_BEFORE, SIMPLE = 0, 1, 2, 3   # gated.cc's ``cell`` attribute
-STASH_WIDTH = {LSTM: 5, GRU_AFTER: 4, GRU_BEFORE: 4}  # stored values per unit and step
+STASH_WIDTH = {LSTM: 4, GRU_AFTER: 4, GRU_BEFORE: 4}  # stored values per unit and step
+CHECKPOINT_STEPS = 16  # the LSTM's stash keeps c every this many steps (gated.cc)
+
+
+def _stash_size(code, time, batch, units) -> int:
+    """The values in a layer's stash (gated.cc's stash_size): the gates of every step, then
+    the LSTM's cell state after every ``CHECKPOINT_STEPS``-th step."""
+    checkpoints = time // CHECKPOINT_STEPS if code == LSTM else 0
+    return (time * STASH_WIDTH[code] + checkpoints) * batch * units
 
 
 def _ffi(name, outputs, *args, **attributes):
@@ -155,7 +163,7 @@ def _gated_forward(code, activation, masked, train, w_x, bias, w_h, carry, xs, m
     shapes = [jax.ShapeDtypeStruct((time, batch, units), xs.dtype), state]
     attributes = {} if train else {"sequences": True}
     if train:
-        shapes.append(jax.ShapeDtypeStruct((time, batch, STASH_WIDTH[code] * units), xs.dtype))
+        shapes.append(jax.ShapeDtypeStruct((_stash_size(code, time, batch, units),), xs.dtype))
     outputs = _ffi("stackrnn_gated_train" if train else "stackrnn_gated_infer", tuple(shapes),
                    xs, w_x, b_in, w_h, b_rec, h0, c0, mask, cell=code,
                    activation=ACTIVATION_CODES[activation], **attributes)
