@@ -26,12 +26,12 @@
 // [z r n r*h] (before) (S 4); then the LSTM's c_t after every kCheckpointSteps-th step
 // (time / kCheckpointSteps, batch, units), from which the backward recomputes the other
 // steps' c_t a block at a time (c_t = f c_{t-1} + i g: two operations per value, against a
-// fifth of the stash written, page-faulted in and read back). Backward, from the stash,
-// per step in reverse: dX (the
-// cotangent of the step's input term), the recurrent term's cotangent dU (= dX except GRU
-// reset_after's candidate block, r * dn), dh <- dU W_h^T (+ the direct paths) and the
-// input's gradient dxs = dX W_x^T; dW_h = H_prev^T dU, dW_x = X^T dX, db_in = sum dX and
-// db_rec = sum dU (GRU reset_after) summed every few steps while their rows are in cache.
+// fifth of the stash written, page-faulted in and read back).
+// Backward, from the stash, per step in reverse: dX (the cotangent of the step's input
+// term), the recurrent term's cotangent dU (= dX except GRU reset_after's candidate
+// block, r * dn), dh <- dU W_h^T (+ the direct paths) and the input's gradient dxs =
+// dX W_x^T; dW_h = H_prev^T dU, dW_x = X^T dX, db_in = sum dX and db_rec = sum dU (GRU
+// reset_after) summed every few steps while their rows are in cache.
 // dX and dU are never written out whole: a (time, batch, G*units) temporary less, which
 // also keeps XLA's per-call temporaries under glibc's mmap limits (see allocator.py).
 //
