@@ -24,7 +24,7 @@ PADDING_SIDES = ("pre", "post")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 NONFINITE_POLICIES = ("stop", "skip")
-POOLINGS = ("last", "max", "mean")
+POOLINGS = ("last", "max", "mean")  # as stackrnn_jax.nn.POOLINGS (no import: layers)
 VAL_SPLITS = ("random", "movie")  # as stackrnn_jax.data.pipeline.VAL_SPLITS (no import: layers)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stackrnn_jax import SentimentClassifier
+from stackrnn_jax import SentimentClassifier, config, nn
 from stackrnn_jax.reference import reference_rnn
 from stackrnn_jax.stack import pool_over_time
 
@@ -43,6 +43,11 @@ def test_pool_over_time_rejects_bad_choices():
         pool_over_time(jnp.zeros((1, 2, 3)), how="min")
     with pytest.raises(ValueError, match="pooling: expected one of"):
         SentimentClassifier(10, 4, 3, pooling="sum", rngs=nnx.Rngs(0))
+
+
+def test_the_config_offers_the_classifiers_poolings():
+    """config.py keeps its own copy (it imports no model code): the two stay equal."""
+    assert config.POOLINGS == nn.POOLINGS
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
