@@ -67,6 +67,27 @@ def _hlo(fn, *args) -> str:
     return jax.jit(fn).lower(*args).as_text()
 
 
+def _run(strategy, kw):
+    """``(params, x, initial_state) -> stacked_rnn(...)`` with the options ``kw``."""
+    return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
+
+
+def _assert_matches_reference_and_scan(kw, params, x, h0):
+    """float64 outputs and final states (``kw`` asks for both) against the reference, and
+    the gradients of sum(sin(y)) + sum(cos(state)^2) with respect to the weights, the
+    input and the initial states against scan's, each to 1e-10."""
+    ours = jax.jit(_run("cpu_native", kw))(params, x, h0)
+    assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
+
+    def grad(strategy):
+        def loss(p, x, s):
+            y, states = _run(strategy, kw)(p, x, s)
+            return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
+                                             for leaf in jax.tree.leaves(states))
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
+    assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+
+
 @pytest.mark.parametrize("cell,reset_after", GATED, ids=GATED_IDS)
 def test_the_gated_kernels_are_in_the_lowered_program(cell, reset_after):
     params = _params(cell, reset_after, 3, [4, 3], jnp.float32)
@@ -119,23 +140,11 @@ def test_final_state_only_inference_matches_the_reference(cell, reset_after, pad
     with jax.enable_x64(True):
         params, x, h0, lengths = _float64_problem(cell, reset_after, seed=5)
         kw = dict(cell=cell, lengths=lengths, padding=padding, return_state=True)
-
-        def run(strategy):
-            return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
-        text = _hlo(run("cpu_native"), params, x, h0)
+        text = _hlo(_run("cpu_native", kw), params, x, h0)
         calls = [line for line in text.splitlines() if "stackrnn_gated_infer" in line]
         assert len(calls) == 1 and "stackrnn_gated_infer_stack" in calls[0]
         assert "sequences = 0" in calls[0]
-        ours = jax.jit(run("cpu_native"))(params, x, h0)
-        assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
-
-        def grad(strategy):
-            def loss(p, x, s):
-                y, states = run(strategy)(p, x, s)
-                return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
-                                                 for leaf in jax.tree.leaves(states))
-            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
-        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+        _assert_matches_reference_and_scan(kw, params, x, h0)
 
 
 @pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", False), ("simple", True)],
@@ -170,20 +179,8 @@ def test_float64_matches_the_reference_and_scan(cell, reset_after, padding, acti
     with jax.enable_x64(True):
         params, x, h0, lengths = _float64_problem(cell, reset_after, seed=1)
         kw = dict(cell=cell, lengths=lengths, padding=padding, activation=activation,
-                  return_sequences=True)
-        ours = jax.jit(lambda p, x, s: stacked_rnn(p, x, strategy="cpu_native", initial_state=s,
-                                                   return_state=True, **kw))(params, x, h0)
-        assert _max_error(ours, reference_rnn(params, x, initial_state=h0, return_state=True,
-                                              **kw)) < 1e-10
-
-        def grad(strategy):
-            def loss(p, x, s):
-                ys, states = stacked_rnn(p, x, strategy=strategy, initial_state=s,
-                                         return_state=True, **kw)
-                return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
-                                                  for leaf in jax.tree.leaves(states))
-            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
-        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+                  return_sequences=True, return_state=True)
+        _assert_matches_reference_and_scan(kw, params, x, h0)
 
 
 @pytest.mark.parametrize("cell,reset_after", GATED + [("simple", True)],
@@ -288,19 +285,7 @@ def test_lstm_cell_states_recomputed_from_checkpoints_match_scan(time, padding):
         lengths = np.array([time, 0, 1, 15, 16, 17, 31, 33, time - 1]).clip(0, time)
         kw = dict(cell="lstm", lengths=lengths, padding=padding, return_sequences=True,
                   return_state=True)
-
-        def run(strategy):
-            return lambda p, x, s: stacked_rnn(p, x, strategy=strategy, initial_state=s, **kw)
-        ours = jax.jit(run("cpu_native"))(params, x, h0)
-        assert _max_error(ours, reference_rnn(params, x, initial_state=h0, **kw)) < 1e-10
-
-        def grad(strategy):
-            def loss(p, x, s):
-                ys, states = run(strategy)(p, x, s)
-                return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(jnp.cos(leaf) ** 2)
-                                                  for leaf in jax.tree.leaves(states))
-            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, h0)
-        assert _max_error(grad("cpu_native"), grad("scan")) < 1e-10
+        _assert_matches_reference_and_scan(kw, params, x, h0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
