@@ -135,7 +135,7 @@ constexpr InverseFactorials<T, K> kInverseFactorials{};
 template <typename T>
 inline T exp_of(T x) {
   using C = ExpConstants<T>;
-  const T y = std::min(std::max(x, -C::kClamp), C::kClamp);
+  const T y = clamp_of(x, -C::kClamp, C::kClamp);
   const T n = (y * T(1.4426950408889634) + C::kRound) - C::kRound;  // round(y / ln 2)
   const T r = (y - n * C::kLn2Hi) - n * C::kLn2Lo;
   // sum r^k / k! by Horner's rule on the coefficients 1 / k!: one multiply-add per term
@@ -173,7 +173,7 @@ inline T tanh_of(T x) {
     return rational_tanh(x);
   } else {
     const T bound = ExpConstants<T>::kTanhClamp;
-    const T e = exp_of(T(2) * std::min(std::max(x, -bound), bound));
+    const T e = exp_of(T(2) * clamp_of(x, -bound, bound));
     return (e - T(1)) / (e + T(1));
   }
 }

@@ -404,16 +404,24 @@ __attribute__((noinline)) void lstm_cell(const T* __restrict x, const T* __restr
   });
 }
 
+// The LSTM's c_{first - 1} of rows b0 on (rows u apart), first a multiple of
+// kCheckpointSteps: c0, or the stash's checkpoint after step first - 1.
+template <typename T>
+const T* cells_before(const Layer<T>& L, const T* stash, int64_t first, int64_t b0) {
+  const int64_t u = L.units;
+  if (first == 0) return L.c0 + b0 * u;
+  const T* checkpoints = stash + L.time * L.batch * stash_of(kLstm) * u;
+  return checkpoints + ((first / kCheckpointSteps - 1) * L.batch + b0) * u;
+}
+
 // The LSTM's c_t of rows [b0, b1) for steps [first, last] into cells ((step - first, row, u)),
-// from c_{first - 1} (c0, or the stash's checkpoint) and the stash's gates; a masked step
-// holds c, as the forward pass.
+// from c_{first - 1} (cells_before) and the stash's gates; a masked step holds c, as the
+// forward pass.
 template <typename T>
 void recompute_cells(const Layer<T>& L, const T* stash, int64_t b0, int64_t b1, int64_t first,
                      int64_t last, T* cells) {
   const int64_t u = L.units, s = stash_of(kLstm) * u, rows = b1 - b0;
-  const T* before = first == 0 ? L.c0 + b0 * u
-                               : stash + L.time * L.batch * s +
-                                     ((first / kCheckpointSteps - 1) * L.batch + b0) * u;
+  const T* before = cells_before(L, stash, first, b0);
   for (int64_t t = first; t <= last; ++t) {
     T* now = cells + (t - first) * rows * u;
     for (int64_t r = 0; r < rows; ++r) {
@@ -510,10 +518,7 @@ void backward_rows(const Layer<T>& L, const Grads<T>& D, int64_t b0, int64_t b1,
       const T* x = st + r * s;
       if (lstm) {
         const T* c = cells.data() + ((t - first) * rows + r) * u;
-        const T* cp = t > first ? c - rows * u
-                    : t == 0    ? L.c0 + (b0 + r) * u
-                                : D.stash + L.time * L.batch * s +
-                                   ((first / kCheckpointSteps - 1) * L.batch + b0 + r) * u;
+        const T* cp = t > first ? c - rows * u : cells_before(L, D.stash, first, b0 + r);
         lstm_grads<T, kAct>(x, c, cp, total.data(), dc + r * u, dxr, u);
       } else if (after) {
         gru_grads<T, kAct, true>(x, hp + r * u, total.data(), dhr, dxr, dur, u);
